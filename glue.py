@@ -1,0 +1,229 @@
+"""GLUE data and metrics: the task table, loading a split (Hugging Face hub or the classic GLUE
+TSV files), tokenisation with dynamic-padding batches, and the official dev-set metrics.
+
+Labels always use the ids of the Hugging Face `nyu-mll/glue` dataset, whichever source they come
+from, so a model trained on one source evaluates correctly on the other. Metrics are percentages
+(0-100), the way the LoRA (Hu et al., 2021) and DynaLoRA papers report GLUE dev results.
+
+    data = load_split("rte", "train", data_dir="../shared/glue")   # or data_dir=None for the hub
+    examples = encode(tokenizer, data, max_len=128)
+    loader = DataLoader(examples, batch_size=32, shuffle=True,
+                        collate_fn=functools.partial(collate, pad_id=tokenizer.pad_token_id))
+"""
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# hf: `nyu-mll/glue` config; hf_text: its text columns; hf_dev: its dev split.
+# dir/dev_file: classic GLUE layout DIR/<dir>/train.tsv and DIR/<dir>/<dev_file>.
+# text/label: TSV columns, by header name (or 0-based index for CoLA, whose train/dev have no header).
+# classes: label strings in HF id order when the TSV spells labels out; None means the TSV already
+# holds the HF ids (0/1), or the float score for STS-B (num_labels=1, regression).
+# metric: the headline dev metric, the one the LoRA and DynaLoRA papers report.
+TASKS = {
+    "cola": dict(hf="cola", hf_text=("sentence",), hf_dev="validation", dir="CoLA", dev_file="dev.tsv",
+                 header=False, ncols=4, text=(3,), label=1, classes=None, num_labels=2, metric="mcc"),
+    "sst2": dict(hf="sst2", hf_text=("sentence",), hf_dev="validation", dir="SST-2", dev_file="dev.tsv",
+                 header=True, text=("sentence",), label="label", classes=None, num_labels=2,
+                 metric="accuracy"),
+    "mrpc": dict(hf="mrpc", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="MRPC",
+                 dev_file="dev.tsv", header=True, text=("#1 String", "#2 String"), label="Quality",
+                 classes=None, num_labels=2, metric="accuracy"),
+    "qnli": dict(hf="qnli", hf_text=("question", "sentence"), hf_dev="validation", dir="QNLI",
+                 dev_file="dev.tsv", header=True, text=("question", "sentence"), label="label",
+                 classes=("entailment", "not_entailment"), num_labels=2, metric="accuracy"),
+    "rte": dict(hf="rte", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="RTE",
+                dev_file="dev.tsv", header=True, text=("sentence1", "sentence2"), label="label",
+                classes=("entailment", "not_entailment"), num_labels=2, metric="accuracy"),
+    "stsb": dict(hf="stsb", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="STS-B",
+                 dev_file="dev.tsv", header=True, text=("sentence1", "sentence2"), label="score",
+                 classes=None, num_labels=1, metric="pearson"),
+    "mnli": dict(hf="mnli", hf_text=("premise", "hypothesis"), hf_dev="validation_matched", dir="MNLI",
+                 dev_file="dev_matched.tsv", header=True, text=("sentence1", "sentence2"),
+                 label="gold_label", classes=("entailment", "neutral", "contradiction"), num_labels=3,
+                 metric="accuracy"),
+    "qqp": dict(hf="qqp", hf_text=("question1", "question2"), hf_dev="validation", dir="QQP",
+                dev_file="dev.tsv", header=True, text=("question1", "question2"), label="is_duplicate",
+                classes=None, num_labels=2, metric="accuracy"),
+    # WNLI's TSV holds 1 = entailment, which is HF's id too (names: not_entailment, entailment).
+    "wnli": dict(hf="wnli", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="WNLI",
+                 dev_file="dev.tsv", header=True, text=("sentence1", "sentence2"), label="label",
+                 classes=None, num_labels=2, metric="accuracy"),
+}
+
+
+class DataError(ValueError):
+    """Bad task name, missing or malformed data; the message is one line meant for the user."""
+
+
+def get_task(task):
+    """The TASKS entry for a task as the user types it (SST-2, sst2, sts-b, ...), plus its 'name'."""
+    name = task.lower().replace("-", "").replace("_", "")
+    if name not in TASKS:
+        raise DataError(f"unknown GLUE task {task!r}; known tasks: {', '.join(TASKS)}")
+    return dict(TASKS[name], name=name)
+
+
+def load_split(task, split, data_dir=None):
+    """Load split "train" or "dev" as {'text_a': [str], 'text_b': [str] or None, 'label': [int|float]}.
+    data_dir=None downloads `nyu-mll/glue` from the hub; otherwise reads DIR/<TaskDir>/{train,dev}.tsv."""
+    spec = get_task(task)
+    if split not in ("train", "dev"):
+        raise DataError(f"unknown split {split!r}; use 'train' or 'dev'")
+    if data_dir is None:
+        return _load_hub(spec, split)
+    task_dir = Path(data_dir) / spec["dir"]
+    if not task_dir.is_dir():
+        raise DataError(f"{task_dir}: no such directory; expected the classic GLUE layout "
+                        f"DIR/{spec['dir']}/train.tsv and DIR/{spec['dir']}/{spec['dev_file']}")
+    return _read_tsv(spec, task_dir / ("train.tsv" if split == "train" else spec["dev_file"]))
+
+
+def _load_hub(spec, split):
+    import datasets
+    try:
+        ds = datasets.load_dataset("nyu-mll/glue", spec["hf"], split="train" if split == "train" else spec["hf_dev"])
+    except Exception as e:  # offline, hub down, renamed dataset: all end the same way for the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise DataError(f"could not reach the Hugging Face hub for nyu-mll/glue ({type(e).__name__}: {msg}); "
+                        f"pass --data-dir DIR pointing at the classic GLUE TSV layout "
+                        f"(DIR/{spec['dir']}/train.tsv, DIR/{spec['dir']}/{spec['dev_file']})") from e
+    cols = [list(ds[c]) for c in spec["hf_text"]]  # datasets>=4 returns a lazy Column: make it a list
+    cast = float if spec["num_labels"] == 1 else int
+    return {"text_a": cols[0], "text_b": cols[1] if len(cols) > 1 else None,
+            "label": [cast(y) for y in ds["label"]]}
+
+
+def _parse_label(spec, value):
+    """HF label id (or float score) for one TSV cell; raises ValueError saying what is wrong."""
+    if spec["num_labels"] == 1:
+        y = float(value)
+        if not math.isfinite(y):
+            raise ValueError(f"score {value!r} is not finite")
+        return y
+    if spec["classes"] is not None:
+        if value not in spec["classes"]:
+            raise ValueError(f"unknown label {value!r}, expected one of {', '.join(spec['classes'])}")
+        return spec["classes"].index(value)
+    y = int(value)
+    if not 0 <= y < spec["num_labels"]:
+        raise ValueError(f"label {y} out of range 0..{spec['num_labels'] - 1}")
+    return y
+
+
+def _read_tsv(spec, path):
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; expected the classic GLUE layout "
+                        f"DIR/{spec['dir']}/train.tsv and DIR/{spec['dir']}/{spec['dev_file']}")
+    # utf-8-sig drops the BOM that starts MRPC's header; QUOTE_NONE because GLUE sentences carry
+    # unbalanced '"' characters that quoted reading would swallow across tabs and lines.
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    lines = [(i + 1, r) for i, r in enumerate(rows) if r]  # QUOTE_NONE: one row per line; skip blanks
+    if not lines:
+        raise DataError(f"{path}: empty file")
+    if spec["header"]:
+        (_, header), lines = lines[0], lines[1:]
+        missing = [c for c in (*spec["text"], spec["label"]) if c not in header]
+        if missing:
+            raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)} (has: {', '.join(header)})")
+        ncols, idx = len(header), [header.index(c) for c in spec["text"]]
+        label_idx = header.index(spec["label"])
+    else:
+        ncols, idx, label_idx = spec["ncols"], list(spec["text"]), spec["label"]
+    if not lines:
+        raise DataError(f"{path}: no examples after the header")
+    texts, labels = [[] for _ in idx], []
+    for line, row in lines:
+        if len(row) != ncols:
+            raise DataError(f"{path}:{line}: expected {ncols} tab-separated columns, got {len(row)}")
+        try:
+            labels.append(_parse_label(spec, row[label_idx]))
+        except ValueError as e:
+            raise DataError(f"{path}:{line}: bad label: {e}") from None
+        for t, i in zip(texts, idx):
+            t.append(row[i])
+    return {"text_a": texts[0], "text_b": texts[1] if len(texts) > 1 else None, "label": labels}
+
+
+def compute_metrics(task, preds, labels):
+    """Official GLUE dev metrics in percent, as a dict of Python floats.
+    Classification: preds are class ids, or logits (N, C) that are argmaxed here; accuracy always,
+    plus 'mcc' for CoLA and 'f1' (positive class 1) for MRPC/QQP. STS-B: 'pearson' and 'spearmanr'.
+    Undefined values (constant predictions) count as 0.0 rather than NaN."""
+    spec = get_task(task)
+    preds = np.asarray(preds.detach().cpu() if hasattr(preds, "detach") else preds)
+    labels = np.asarray(labels.detach().cpu() if hasattr(labels, "detach") else labels)
+    if spec["num_labels"] == 1:
+        preds = preds.reshape(-1).astype(np.float64)  # (N,) or (N, 1) regression head
+        labels = labels.astype(np.float64)
+    elif preds.ndim == 2:
+        preds = preds.argmax(-1)
+    if preds.shape != labels.shape:
+        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
+    if spec["num_labels"] == 1:
+        from scipy.stats import pearsonr, spearmanr
+        if len(preds) < 2:
+            return {"pearson": 0.0, "spearmanr": 0.0}
+        with warnings.catch_warnings():  # constant input: scipy warns and returns NaN
+            warnings.simplefilter("ignore")
+            p, s = pearsonr(preds, labels)[0], spearmanr(preds, labels)[0]
+        return {"pearson": _pct(p), "spearmanr": _pct(s)}
+    out = {"accuracy": _pct(np.mean(preds == labels))}
+    if spec["name"] == "cola":
+        from sklearn.metrics import matthews_corrcoef
+        out["mcc"] = _pct(matthews_corrcoef(labels, preds))  # 0.0 for constant predictions
+    if spec["name"] in ("mrpc", "qqp"):
+        from sklearn.metrics import f1_score
+        out["f1"] = _pct(f1_score(labels, preds, zero_division=0))
+    return out
+
+
+def _pct(x):
+    x = float(x)
+    return 0.0 if math.isnan(x) else 100.0 * x
+
+
+def encode(tokenizer, data, max_len, chunk=1024):
+    """Tokenise a load_split() dict into a list of {'input_ids', ['token_type_ids'], 'label'}.
+    Pairs are truncated longest-first to max_len tokens; nothing is padded here (see collate)."""
+    a, b, y = data["text_a"], data["text_b"], data["label"]
+    examples = []
+    for i in range(0, len(a), chunk):  # batched calls to the fast tokenizer, bounded memory
+        enc = tokenizer(a[i:i + chunk], None if b is None else b[i:i + chunk],
+                        truncation=True, max_length=max_len)
+        tt = enc.get("token_type_ids")
+        for j, ids in enumerate(enc["input_ids"]):
+            ex = {"input_ids": ids, "label": y[i + j]}
+            if tt is not None:
+                ex["token_type_ids"] = tt[j]
+            examples.append(ex)
+    return examples
+
+
+def collate(examples, pad_id):
+    """Pad a list of encode() examples to the longest in the batch (right padding) and return
+    torch tensors: input_ids, attention_mask, [token_type_ids] (B, T) long; labels (B,) long,
+    or float32 for regression (STS-B)."""
+    T = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), T), dtype=torch.long)
+    has_tt = "token_type_ids" in examples[0]
+    token_type_ids = torch.zeros((len(examples), T), dtype=torch.long) if has_tt else None
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[i, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
+        attention_mask[i, :n] = 1
+        if has_tt:
+            token_type_ids[i, :n] = torch.tensor(e["token_type_ids"], dtype=torch.long)
+    regression = isinstance(examples[0]["label"], float)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
+             "labels": torch.tensor([e["label"] for e in examples],
+                                    dtype=torch.float32 if regression else torch.long)}
+    if has_tt:
+        batch["token_type_ids"] = token_type_ids
+    return batch

@@ -1,0 +1,315 @@
+"""LoRA adapters (Hu et al. 2021) with built-in importance accumulators (DynaLoRA, Brouwers et al. 2024).
+
+Holds:
+- `Adapter`: what LoRA and VeRA share. It wraps a frozen `nn.Linear`, adds `delta(x)` to its output,
+  keeps the module's importance accumulators, and has one switch for being trained or not (`set_active`).
+- `LoRALinear`: h = W x + b + scaling * B A dropout(x), scaling = alpha / r (or alpha / sqrt(r), rsLoRA).
+- `inject`: swaps the targeted linears of a Hugging Face encoder for adapters and freezes the rest.
+- `merge` / `unmerge`, safetensors save/load, the PEFT export and the merged Hugging Face export.
+
+Importance accumulators (paper section 3.1), running sums kept on the module's device; nothing here
+reads them back to the host, so tracking adds no synchronisation to the training step:
+- `fwd_score`: sum over training tokens of ||h||_2, h = (W + dW) x the module's output (paper eq. 1).
+- `grad_score`: sum over backward passes of ||dL/dh||_2 per token, the gradient flowing into the
+  module's output. Every module that backward reaches gets it, active or not.
+- `param_grad_score`: sum over backward passes of the adapter's own gradient norms (||grad A|| + ||grad B||
+  for LoRA, the HeteroLoRA proxy). Only active modules have adapter gradients, so it is zero otherwise.
+- `n_updates`: optimizer updates this module received (C in eq. 3), counted by the optimizer code.
+Only training passes count: in eval mode or under torch.no_grad() nothing accumulates.
+"""
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+# short target name -> regex on the module path; RoBERTa and BERT share these names
+TARGETS = {
+    "query": r"\.attention\.self\.query$",
+    "key": r"\.attention\.self\.key$",
+    "value": r"\.attention\.self\.value$",
+    "attn_out": r"\.attention\.output\.dense$",
+    "ffn_in": r"\.intermediate\.dense$",
+    "ffn_out": r"\.layer\.\d+\.output\.dense$",
+}
+TARGETS_ORDER = {t: i for i, t in enumerate(TARGETS)}
+HEAD_NAMES = ("classifier", "score")  # the task head of HF *ForSequenceClassification models
+
+
+class Adapter(nn.Module):
+    """A frozen nn.Linear plus a trainable delta; subclasses define `delta(x)` and `adapter_params()`."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        if isinstance(base, Adapter) or not isinstance(base, nn.Linear):
+            raise TypeError(f"can only wrap an nn.Linear once, got {type(base).__name__}")
+        self.base = base
+        self.base.requires_grad_(False)
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.active = True    # trained (requires grad) or not; an inactive adapter still adds its delta
+        self.merged = False
+        self.track_forward = False
+        self.track_grad = False
+        for name in ("fwd_score", "grad_score", "param_grad_score"):
+            self.register_buffer(name, torch.zeros((), device=base.weight.device))
+        self.register_buffer("n_updates", torch.zeros((), dtype=torch.long, device=base.weight.device))
+
+    def _init_hooks(self):
+        # called by subclasses once their parameters exist
+        for p in self.adapter_params():
+            p.register_post_accumulate_grad_hook(self._param_grad_hook)
+
+    def forward(self, x):
+        h = self.base(x)
+        if not self.merged:
+            h = h + self.delta(x)
+        if self.training and torch.is_grad_enabled():
+            if self.track_forward:
+                with torch.no_grad():
+                    self.fwd_score += torch.linalg.vector_norm(h.detach(), dim=-1).sum()
+            if self.track_grad and h.requires_grad:
+                h.register_hook(self._out_grad_hook)
+        return h
+
+    def _out_grad_hook(self, g):
+        with torch.no_grad():
+            self.grad_score += torch.linalg.vector_norm(g, dim=-1).sum()
+
+    def _param_grad_hook(self, p):
+        if self.track_grad:
+            with torch.no_grad():
+                self.param_grad_score += torch.linalg.vector_norm(p.grad)
+
+    def set_active(self, active: bool):
+        """The one switch: an inactive adapter has no grad, is skipped by optimizers, saves no activations."""
+        self.active = bool(active)
+        for p in self.adapter_params():
+            p.requires_grad_(self.active)
+            if not self.active:
+                p.grad = None
+
+    def reset_scores(self):
+        for s in (self.fwd_score, self.grad_score, self.param_grad_score):
+            s.zero_()
+
+    def delta_weight(self):
+        raise NotImplementedError
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, active={self.active}, merged={self.merged}"
+
+
+class LoRALinear(Adapter):
+    def __init__(self, base: nn.Linear, r=8, alpha=8.0, dropout=0.0, rslora=False):
+        super().__init__(base)
+        if int(r) != r or r < 1:
+            raise ValueError(f"LoRA rank r must be an integer >= 1, got {r}")
+        self.r, self.alpha = int(r), float(alpha)
+        self.scaling = self.alpha / (math.sqrt(self.r) if rslora else self.r)
+        w = base.weight
+        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=w.dtype, device=w.device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r, dtype=w.dtype, device=w.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as in the LoRA paper's loralib
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._init_hooks()
+
+    def adapter_params(self):
+        return [self.lora_A, self.lora_B]
+
+    def delta(self, x):
+        # inactive: no dropout, so nothing (not even a mask) is saved for a backward it will not have
+        x = self.dropout(x) if self.active else x
+        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling  # (..., in) -> (..., r) -> (..., out)
+
+    def delta_weight(self):
+        return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
+
+
+def inject(model, targets, make_adapter):
+    """Swap every targeted nn.Linear of `model` for `make_adapter(linear)`; freeze all but adapters and head.
+
+    `targets` is a comma-separated string or list of names from TARGETS, or "all".
+    Returns {module path: adapter}, ordered by layer, then by target order in TARGETS.
+    """
+    names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+    names = list(TARGETS) if names == ["all"] else names
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown or not names:
+        raise ValueError(f"unknown target module(s) {unknown}; choose from {', '.join(TARGETS)} or 'all'")
+    if any(isinstance(m, Adapter) for m in model.modules()):
+        raise ValueError("model already has adapters; refusing to wrap twice")
+    found = []
+    for path, module in model.named_modules():
+        for ti, t in enumerate(names):
+            if isinstance(module, nn.Linear) and re.search(TARGETS[t], path):
+                layer = re.search(r"\.layer\.(\d+)\.", path)
+                found.append((int(layer.group(1)) if layer else -1, TARGETS_ORDER[t], path))
+    if not found:
+        raise ValueError(f"no nn.Linear in {type(model).__name__} matches targets {names} "
+                         "(expected BERT/RoBERTa-style module names such as encoder.layer.0.attention.self.query)")
+    model.requires_grad_(False)
+    adapters = {}
+    for _, _, path in sorted(found):
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path)
+        adapters[path] = make_adapter(getattr(parent, child))
+        setattr(parent, child, adapters[path])
+    for p in head_parameters(model):
+        p.requires_grad_(True)
+    return adapters
+
+
+
+def head_parameters(model):
+    """The task head's parameters (trained alongside the adapters)."""
+    for name in HEAD_NAMES:
+        if isinstance(getattr(model, name, None), nn.Module):
+            return list(getattr(model, name).parameters())
+    raise ValueError(f"{type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
+
+
+def head_name(model):
+    return next(n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module))
+
+
+@torch.no_grad()
+def merge(adapters):
+    """W <- W + dW for every adapter; forward then uses the base layer alone. Explicit, never via .eval()."""
+    for a in adapters.values():
+        if not a.merged:
+            a.base.weight += a.delta_weight().to(a.base.weight.dtype)
+            a.merged = True
+
+
+@torch.no_grad()
+def unmerge(adapters):
+    for a in adapters.values():
+        if a.merged:
+            a.base.weight -= a.delta_weight().to(a.base.weight.dtype)
+            a.merged = False
+
+
+# ---------------------------------------------------------------- saving and export
+
+def adapter_state_dict(model, adapters):
+    """What training changed: adapter parameters, importance buffers and the head, keyed by module path."""
+    sd = {}
+    for path, a in adapters.items():
+        for name, t in list(a.named_parameters(recurse=False)) + list(a.named_buffers(recurse=False)):
+            sd[f"{path}.{name}"] = t.detach()
+    head = head_name(model)
+    for name, p in getattr(model, head).named_parameters():
+        sd[f"{head}.{name}"] = p.detach()
+    return sd
+
+
+def _atomic_dir(final_dir, write):
+    """Write a directory via a temp dir beside it and a rename, so a crash never leaves half a directory."""
+    parent = os.path.dirname(os.path.abspath(final_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    try:
+        write(tmp)
+        if os.path.exists(final_dir):
+            old = final_dir + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final_dir, old)
+            os.replace(tmp, final_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_file_atomic(tensors, path, metadata=None):
+    tmp = f"{path}.tmp"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def save_adapters(path, model, adapters, metadata=None):
+    """Adapters and head to one safetensors file (atomic). `metadata`: str -> str, e.g. the adapter config."""
+    save_file_atomic(adapter_state_dict(model, adapters), path, metadata=metadata)
+
+
+@torch.no_grad()
+def load_adapters(path, model, adapters):
+    """Load what save_adapters wrote into an injected model; every key must match in name and shape."""
+    sd = load_file(path)
+    own = adapter_state_dict(model, adapters)
+    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, t in own.items():
+        if t.shape != sd[k].shape:
+            raise ValueError(f"{path}: {k} has shape {tuple(sd[k].shape)}, model expects {tuple(t.shape)}")
+        t.copy_(sd[k])
+
+
+def export_peft(out_dir, model, adapters, base_model_name_or_path=""):
+    """LoRA adapters in PEFT's on-disk format, loadable by peft.PeftModel.from_pretrained(base, out_dir)."""
+    first = next(iter(adapters.values()))
+    if not all(isinstance(a, LoRALinear) for a in adapters.values()):
+        raise ValueError("the PEFT export is for LoRA adapters")
+    if len({(a.r, a.alpha, a.scaling) for a in adapters.values()}) != 1:
+        raise ValueError("the PEFT export needs one r and alpha for all adapters")
+    head = head_name(model)
+    sd = {}
+    for path, a in adapters.items():
+        sd[f"base_model.model.{path}.lora_A.weight"] = a.lora_A.detach()
+        sd[f"base_model.model.{path}.lora_B.weight"] = a.lora_B.detach()
+    for name, p in getattr(model, head).named_parameters():
+        sd[f"base_model.model.{head}.{name}"] = p.detach()
+    config = {
+        "peft_type": "LORA", "task_type": "SEQ_CLS", "r": first.r, "lora_alpha": first.alpha,
+        "use_rslora": not math.isclose(first.scaling, first.alpha / first.r),
+        "lora_dropout": first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0,
+        "target_modules": sorted(adapters),  # full paths: "output.dense" alone would match two kinds
+        "modules_to_save": [head], "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+        "init_lora_weights": True, "base_model_name_or_path": base_model_name_or_path,
+    }
+
+    def write(d):
+        save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, "adapter_model.safetensors"))
+        with open(os.path.join(d, "adapter_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+    _atomic_dir(out_dir, write)
+
+
+@torch.no_grad()
+def merged_state_dict(model, adapters):
+    """The model's state dict with every adapter folded into a plain Linear: W + dW, original key names."""
+    sd = {}
+    prefixes = {path + ".": a for path, a in adapters.items()}
+    for k, v in model.state_dict().items():
+        path, _, leaf = k.rpartition(".")
+        owner = path.rsplit(".base", 1)[0] if path.endswith(".base") else None
+        if owner in adapters:
+            a = adapters[owner]
+            if leaf == "weight" and not a.merged:
+                v = v + a.delta_weight().to(v.dtype)
+            sd[f"{owner}.{leaf}"] = v
+        elif not any(k.startswith(p) for p in prefixes):
+            sd[k] = v
+    return sd
+
+
+def export_merged(out_dir, model, adapters, tokenizer=None):
+    """A plain Hugging Face model directory with the adapters merged (AutoModel...from_pretrained loads it)."""
+    sd = merged_state_dict(model, adapters)
+    plain = type(model)(model.config)
+    plain.load_state_dict(sd, strict=True)
+
+    def write(d):
+        plain.save_pretrained(d)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(d)
+    _atomic_dir(out_dir, write)

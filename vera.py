@@ -1,0 +1,73 @@
+"""VeRA adapters (Kopiczko et al. 2023): dW = Lambda_b B Lambda_d A.
+
+A (r x max_in) and B (max_out x r) are frozen random matrices shared by every adapted layer, drawn
+from a seed (kaiming-uniform, as in VeRA and PEFT), so they are reproducible and never stored; each
+layer uses the slice A[:, :in], B[:out, :]. Only the vectors lambda_d (r) and lambda_b (out) train.
+Accumulators, active state, merging and injection come from lora.Adapter and lora.inject.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lora import Adapter, inject
+
+
+def kaiming_uniform(shape, generator, dtype=torch.float32):
+    # kaiming_uniform_(a=sqrt(5)) with our own generator: bound = 1 / sqrt(fan_in)
+    bound = 1.0 / math.sqrt(shape[1])
+    return torch.empty(shape, dtype=dtype).uniform_(-bound, bound, generator=generator)
+
+
+class VeRAShared(nn.Module):
+    """The shared frozen projections; non-persistent buffers, rebuilt from (r, seed) and the model's shapes."""
+
+    def __init__(self, r, seed=0):
+        super().__init__()
+        self.r, self.seed = r, seed
+        self.register_buffer("vera_A", torch.empty(0), persistent=False)
+        self.register_buffer("vera_B", torch.empty(0), persistent=False)
+
+    def build(self, max_in, max_out, device=None, dtype=torch.float32):
+        g = torch.Generator().manual_seed(self.seed)
+        self.vera_A = kaiming_uniform((self.r, max_in), g, dtype).to(device)   # (r, max_in)
+        self.vera_B = kaiming_uniform((max_out, self.r), g, dtype).to(device)  # (max_out, r)
+
+
+class VeRALinear(Adapter):
+    def __init__(self, base: nn.Linear, shared: VeRAShared, d_initial=0.1, dropout=0.0):
+        super().__init__(base)
+        self.r = shared.r
+        self.shared = shared  # the same module object in every layer; named_modules() lists it once
+        w = base.weight
+        self.lambda_d = nn.Parameter(torch.full((self.r,), float(d_initial), dtype=w.dtype, device=w.device))
+        self.lambda_b = nn.Parameter(torch.zeros(self.out_features, dtype=w.dtype, device=w.device))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._init_hooks()
+
+    def adapter_params(self):
+        return [self.lambda_d, self.lambda_b]
+
+    def delta(self, x):
+        A = self.shared.vera_A[:, :self.in_features]   # (r, in)
+        B = self.shared.vera_B[:self.out_features, :]  # (out, r)
+        x = self.dropout(x) if self.active else x
+        return self.lambda_b * F.linear(self.lambda_d * F.linear(x, A), B)
+
+    def delta_weight(self):
+        A = self.shared.vera_A[:, :self.in_features]
+        B = self.shared.vera_B[:self.out_features, :]
+        return (self.lambda_b[:, None] * B) @ (self.lambda_d[:, None] * A)  # (out, in)
+
+
+def inject_vera(model, targets, r=256, d_initial=0.1, dropout=0.0, seed=0):
+    """Inject VeRA adapters; returns {module path: VeRALinear} like lora.inject."""
+    if int(r) != r or r < 1:
+        raise ValueError(f"VeRA rank r must be an integer >= 1, got {r}")
+    shared = VeRAShared(int(r), seed)
+    adapters = inject(model, targets, lambda lin: VeRALinear(lin, shared, d_initial, dropout))
+    some = next(iter(adapters.values())).base.weight
+    shared.build(max(a.in_features for a in adapters.values()), max(a.out_features for a in adapters.values()),
+                 device=some.device, dtype=some.dtype)
+    return adapters
