@@ -85,10 +85,11 @@ def load_split(task, split, data_dir=None):
 
 def _load_hub(spec, split):
     import datasets
+    hf_split = "train" if split == "train" else spec["hf_dev"]
     try:
-        ds = datasets.load_dataset("nyu-mll/glue", spec["hf"], split="train" if split == "train" else spec["hf_dev"])
+        ds = datasets.load_dataset("nyu-mll/glue", spec["hf"], split=hf_split)
     except Exception as e:  # offline, hub down, renamed dataset: all end the same way for the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        msg = (str(e).strip().splitlines() or [""])[0]
         raise DataError(f"could not reach the Hugging Face hub for nyu-mll/glue ({type(e).__name__}: {msg}); "
                         f"pass --data-dir DIR pointing at the classic GLUE TSV layout "
                         f"(DIR/{spec['dir']}/train.tsv, DIR/{spec['dir']}/{spec['dev_file']})") from e
@@ -130,7 +131,8 @@ def _read_tsv(spec, path):
         (_, header), lines = lines[0], lines[1:]
         missing = [c for c in (*spec["text"], spec["label"]) if c not in header]
         if missing:
-            raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)} (has: {', '.join(header)})")
+            raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)} "
+                            f"(has: {', '.join(header)})")
         ncols, idx = len(header), [header.index(c) for c in spec["text"]]
         label_idx = header.index(spec["label"])
     else:
