@@ -63,7 +63,7 @@ class Adapter(nn.Module):
     def _init_hooks(self):
         # called by subclasses once their parameters exist
         for p in self.adapter_params():
-            p.register_post_accumulate_grad_hook(self._param_grad_hook)
+            p.register_hook(self._param_grad_hook)  # sees this pass's gradient, not the accumulated .grad
 
     def forward(self, x):
         h = self.base(x)
@@ -81,10 +81,10 @@ class Adapter(nn.Module):
         with torch.no_grad():
             self.grad_score += torch.linalg.vector_norm(g, dim=-1).sum()
 
-    def _param_grad_hook(self, p):
-        if self.track_grad:
+    def _param_grad_hook(self, g):
+        if self.track_grad and self.training:
             with torch.no_grad():
-                self.param_grad_score += torch.linalg.vector_norm(p.grad)
+                self.param_grad_score += torch.linalg.vector_norm(g)
 
     def set_active(self, active: bool):
         """The one switch: an inactive adapter has no grad, is skipped by optimizers, saves no activations."""
@@ -153,6 +153,7 @@ def inject(model, targets, make_adapter):
     if not found:
         raise ValueError(f"no nn.Linear in {type(model).__name__} matches targets {names} "
                          "(expected BERT/RoBERTa-style module names such as encoder.layer.0.attention.self.query)")
+    head = head_parameters(model)  # fails before the model is changed if there is no task head
     model.requires_grad_(False)
     adapters = {}
     for _, _, path in sorted(found):
@@ -160,7 +161,7 @@ def inject(model, targets, make_adapter):
         parent = model.get_submodule(parent_path)
         adapters[path] = make_adapter(getattr(parent, child))
         setattr(parent, child, adapters[path])
-    for p in head_parameters(model):
+    for p in head:
         p.requires_grad_(True)
     return adapters
 

@@ -1,0 +1,206 @@
+"""train.py end to end, as a user runs it: a subprocess on a tiny random RoBERTa loaded from a local dir."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiny import ROOT, SHARED_GLUE, build_tiny_model, glue_dir, run_train, tiny_model  # noqa: F401 (fixtures)
+
+FAST = ["--batch-size", 8, "--max-len", 24, "--log-every", 1, "--probe-batches", 2, "--eval-batch-size", 16]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def load_merged_and_eval(out, glue_dir, task="rte"):
+    """The merged export alone (plain transformers) must reproduce the run's final dev metrics."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import glue
+    tok = AutoTokenizer.from_pretrained(os.path.join(out, "merged"))
+    model = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "merged")).eval()
+    dev = glue.encode(tok, glue.load_split(task, "dev", glue_dir), 24)
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in glue.collate(dev, tok.pad_token_id).items() if k != "labels"}).logits
+    preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
+    return glue.compute_metrics(task, preds.numpy(), [ex["label"] for ex in dev])
+
+
+@pytest.mark.parametrize("method", ["lora", "vera", "full", "bitfit"])
+def test_each_method_writes_every_output(tmp_path, tiny_model, glue_dir, method):
+    out = tmp_path / "run"
+    proc = run_train("--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--method", method,
+                     "--max-steps", 6, "--eval-every", 3, "--save-every", 3, "--rank", 4, "--lr", 1e-3,
+                     "--output-dir", out, *FAST)
+    assert "trainable parameters:" in proc.stdout
+    args = json.loads((out / "args.json").read_text())
+    assert args["method"] == method and "commit" in args and args["task"] == "rte"
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [m["step"] for m in metrics if "train_loss" in m] == [1, 2, 3, 4, 5, 6]
+    evals = [m for m in metrics if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [3, 6] and all("accuracy" in m for m in evals)
+    res = json.loads((out / "results.json").read_text())
+    assert res["task"] == "rte" and res["method"] == method and res["headline_metric"] == "accuracy"
+    assert res["final"] == evals[-1]["accuracy"] and res["best"] == max(m["accuracy"] for m in evals)
+    assert 0 < res["active_trainable_params"] <= res["trainable_params"] <= res["total_params"]
+    assert res["peak_memory_mb"] > 0 and res["wall_time_s"] >= 0
+    assert (out / "eval_loss.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()
+    assert load_merged_and_eval(out, glue_dir)["accuracy"] == pytest.approx(res["final"])
+    if method == "lora":
+        cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["modules_to_save"] == ["classifier"]
+        keys = load_file(out / "adapter" / "adapter_model.safetensors")
+        assert sum(k.endswith("lora_A.weight") for k in keys) == 4  # query+value x 2 layers
+    if method == "vera":
+        assert (out / "adapter" / "adapter_model.safetensors").exists()
+    if method == "full":
+        assert res["trainable_params"] == res["total_params"]
+
+
+DYNAMIC = [  # (allocator, importance, schedule, optimizer, budget flags)
+    ("topk", "forward", "periodic", "global", ["--active", 3]),
+    ("threshold", "forward", "periodic", "local", ["--threshold", 0.5]),
+    ("multinomial", "gradient", "periodic", "global", ["--active", 2]),
+    ("discounted", "forward", "periodic", "local", ["--active", 3]),
+    ("discounted", "param_grad", "once", "global", ["--active", 3]),
+    ("uniform", "random", "once", "local", ["--active", 1]),
+]
+
+
+@pytest.mark.parametrize("allocator,measure,schedule,optimizer,budget", DYNAMIC)
+def test_dynamic_allocation_runs(tmp_path, tiny_model, glue_dir, allocator, measure, schedule, optimizer, budget):
+    out = tmp_path / "run"
+    run_train("--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--targets", "all", "--rank", 2,
+              "--allocator", allocator, "--importance", measure, "--schedule", schedule, "--optimizer", optimizer,
+              "--period", 2, "--realloc-at", 3, "--max-steps", 8, "--save-every", 4, "--eval-every", 4,
+              "--output-dir", out, *budget, *FAST)
+    allocs = [m for m in read_jsonl(out / "metrics.jsonl") if "active" in m]
+    expected_steps = [0, 2, 4, 6] if schedule == "periodic" else [0, 3]  # step 8 is the end: no re-allocation
+    assert [a["step"] for a in allocs] == expected_steps
+    names = set(torch.load(out / "checkpoint.pt", weights_only=True)["alloc"]["config"]["names"])
+    assert len(names) == 12  # 6 targets x 2 layers
+    for a in allocs:
+        assert set(a["active"]) <= names and len(set(a["active"])) == len(a["active"]) >= 1
+        if "--active" in budget:
+            assert len(a["active"]) == budget[1]
+    # selection.csv: fraction of steps each module was active; for a fixed K they sum to K
+    with open(out / "selection.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["layer", "query", "key", "value", "attn_out", "ffn_in", "ffn_out"] and len(rows) == 3
+    fractions = [float(x) for r in rows[1:] for x in r[1:]]
+    assert all(0 <= x <= 1 for x in fractions)
+    spans = [(a["step"], b["step"]) for a, b in zip(allocs, allocs[1:] + [{"step": 8}])]
+    active_steps = sum((e - s) * len(a["active"]) for (s, e), a in zip(spans, allocs))
+    assert sum(fractions) == pytest.approx(active_steps / 8, abs=1e-3)
+    assert (out / "selection.png").stat().st_size > 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["dynamic"] and res["active_trainable_params"] < res["trainable_params"]
+
+
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, tiny_model, glue_dir):
+    common = ["--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--active", 2, "--rank", 2,
+              "--allocator", "discounted", "--period", 3, "--optimizer", "local", "--dropout", 0.1,
+              "--max-steps", 40, "--save-every", 1, "--eval-every", 100, *FAST]
+    ref = tmp_path / "ref"
+    run_train(*common, "--output-dir", ref)
+    killed = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--no-progress", *map(str, common),
+                             "--output-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    step = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    assert 1 <= step < 40
+    run_train(*common, "--output-dir", killed, "--resume")
+    a = load_file(ref / "adapter" / "adapter_model.safetensors")
+    b = load_file(killed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (ref, killed))
+    assert ca["alloc"]["history"] == cb["alloc"]["history"]
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    ma, mb = read_jsonl(ref / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
+    assert ma == mb  # the resumed log has each step once, with the same values
+
+
+def test_regression_task_and_cola(tmp_path, tiny_model, glue_dir):
+    run_train("--task", "stsb", "--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 3,
+              "--output-dir", tmp_path / "stsb", *FAST)
+    res = json.loads((tmp_path / "stsb" / "results.json").read_text())
+    assert res["headline_metric"] == "pearson" and {"pearson", "spearmanr"} <= set(res["dev_metrics"])
+    run_train("--task", "CoLA", "--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 3,
+              "--output-dir", tmp_path / "cola", *FAST)
+    res = json.loads((tmp_path / "cola" / "results.json").read_text())
+    assert res["headline_metric"] == "mcc" and "mcc" in res["dev_metrics"]
+
+
+@pytest.mark.skipif(not (SHARED_GLUE / "RTE" / "train.tsv").exists(), reason="real GLUE files not present")
+def test_real_rte_files(tmp_path):
+    import glue
+    data = glue.load_split("rte", "train", str(SHARED_GLUE))
+    model = build_tiny_model(tmp_path / "m", data["text_a"][:500] + data["text_b"][:500])
+    run_train("--task", "rte", "--model", model, "--data-dir", SHARED_GLUE, "--max-steps", 4, "--batch-size", 8,
+              "--max-len", 64, "--max-train-samples", 64, "--output-dir", tmp_path / "run")
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    evals = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in m]
+    assert res["headline_metric"] == "accuracy" and len(evals) == 1
+    # accuracy over all 277 dev pairs is a multiple of 1/277
+    assert round(res["final"] * 277 / 100) == pytest.approx(res["final"] * 277 / 100, abs=1e-6)
+
+
+def err(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and lines and "Traceback" not in proc.stderr, proc.stderr
+    return lines[-1]
+
+
+def test_bad_input_gives_one_clear_line(tmp_path, tiny_model, glue_dir):
+    base = ["--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 2, *FAST]
+    assert "boolq" in err(run_train("--task", "boolq", *base, "--output-dir", tmp_path / "a", check=False))
+    os.makedirs(tmp_path / "g" / "RTE")
+    (tmp_path / "g" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+    line = err(run_train("--task", "rte", "--model", tiny_model, "--data-dir", tmp_path / "g", "--output-dir",
+                         tmp_path / "b", check=False))
+    assert "dev.tsv" in line
+    (tmp_path / "g" / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\n")
+    line = err(run_train("--task", "rte", "--model", tiny_model, "--data-dir", tmp_path / "g", "--output-dir",
+                         tmp_path / "c", check=False))
+    assert "dev.tsv:2" in line
+    line = err(run_train("--task", "rte", *base, "--active", 5, "--output-dir", tmp_path / "d", check=False))
+    assert "5" in line and "4" in line  # asks for 5 of the 4 query+value modules
+    line = err(run_train("--task", "rte", *base, "--active", 2, "--threshold", 0.5, "--output-dir", tmp_path / "e",
+                         check=False))
+    assert "--threshold" in line
+    line = err(run_train("--task", "rte", "--model", tmp_path / "nowhere", "--data-dir", glue_dir,
+                         "--output-dir", tmp_path / "f", check=False))
+    assert "--model DIR" in line
+    line = err(run_train("--task", "rte", "--model", "roberta-base", "--data-dir", glue_dir,
+                         "--output-dir", tmp_path / "h", check=False))  # HF_HUB_OFFLINE=1 in run_train
+    assert "--model DIR" in line
+    line = err(run_train("--task", "rte", "--model", tiny_model, "--output-dir", tmp_path / "i", check=False))
+    assert "--data-dir" in line
+    run_train("--task", "rte", *base, "--output-dir", tmp_path / "j")
+    line = err(run_train("--task", "rte", *base, "--output-dir", tmp_path / "j", check=False))
+    assert "--resume" in line  # refuses to overwrite a finished run
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_model, glue_dir):
+    out = tmp_path / "run"
+    proc = run_train("--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--method", "full",
+                     "--lr", 1e30, "--warmup-ratio", 0, "--max-grad-norm", 0, "--max-steps", 20, "--save-every", 1,
+                     "--output-dir", out, *FAST, check=False)
+    line = err(proc)
+    assert proc.returncode == 3 and "non-finite" in line
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] >= 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())

@@ -1,0 +1,82 @@
+"""Shared helpers for the train.py tests: a tiny random RoBERTa and a tokenizer trained here on fixture text, saved
+and loaded through the normal --model path; small GLUE-format TSV folders; a helper to run train.py."""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_GLUE = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "glue"))
+WORDS = ("the a cat dog man woman sat ran saw ate on in park mat house red big small not very good bad "
+         "he she it they said that was is were here there today").split()
+
+
+def build_tiny_model(out_dir, texts, num_labels=2, layers=2):
+    """Train a WordLevel tokenizer on `texts`, build a random RoBERTa for it, save both to `out_dir`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=2000,
+                                                             special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
+    fast.save_pretrained(out_dir)
+    cfg = RobertaConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=80, pad_token_id=1, num_labels=num_labels)
+    import torch
+    torch.manual_seed(0)
+    RobertaForSequenceClassification(cfg).save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def sentence(rng, n=None):
+    return " ".join(rng.choice(WORDS) for _ in range(n or rng.randint(3, 9)))
+
+
+def write_glue(root, n_train=48, n_dev=16, seed=0):
+    """Small RTE (pairs, string labels), CoLA (no header) and STS-B (regression) folders in GLUE TSV format."""
+    rng = random.Random(seed)
+    root = Path(root)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        (root / "RTE").mkdir(parents=True, exist_ok=True)
+        rows = ["index\tsentence1\tsentence2\tlabel"]
+        for i in range(n):
+            a, b = sentence(rng), sentence(rng)
+            rows.append(f"{i}\t{a}\t{b}\t{'entailment' if 'not' in a + b else 'not_entailment'}")
+        (root / "RTE" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+        (root / "CoLA").mkdir(exist_ok=True)
+        rows = [f"src\t{int('good' in s)}\t\t{s}" for s in (sentence(rng) for _ in range(n))]
+        (root / "CoLA" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+        (root / "STS-B").mkdir(exist_ok=True)
+        rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        for i in range(n):
+            rows.append(f"{i}\tg\tf\t2012\t{i}\ts\ts\t{sentence(rng)}\t{sentence(rng)}\t{rng.uniform(0, 5):.3f}")
+        (root / "STS-B" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    rng = random.Random(0)
+    return build_tiny_model(tmp_path_factory.mktemp("model"), [sentence(rng) for _ in range(200)])
+
+
+@pytest.fixture(scope="session")
+def glue_dir(tmp_path_factory):
+    return write_glue(tmp_path_factory.mktemp("glue"))
+
+
+def run_train(*flags, timeout=300, check=True):
+    """Run train.py as a user would; return the CompletedProcess. Offline so a typo never waits on the hub."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--no-progress", *map(str, flags)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

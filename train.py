@@ -1,0 +1,436 @@
+"""Fine-tune a Hugging Face encoder on a GLUE task with LoRA, VeRA, DynaLoRA/DynaVeRA, BitFit or full fine-tuning.
+
+DynaLoRA (Brouwers et al. 2024): only `--active K` of the adapter modules (or the smallest set reaching
+`--threshold P` of the importance) train at any time; the set is re-chosen on a schedule. Without
+--active/--threshold every module trains: plain LoRA (Hu et al. 2021) or VeRA (Kopiczko et al. 2023).
+
+  python train.py --task rte --method lora                      # LoRA, the LoRA paper's RTE settings
+  python train.py --task rte --method lora --active 16          # DynaLoRA QV/16/F
+  python train.py --task rte --model DIR --data-dir glue_data   # offline, on local files
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+import allocate
+import glue
+import importance
+import lora
+import vera
+
+# ----------------------------------------------------------------------------- flags
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("--task", required=True, help="GLUE task: sst2, mrpc, cola, qnli, rte, stsb (also mnli, qqp, wnli)")
+p.add_argument("--model", default="roberta-base", help="hub name or local Hugging Face model directory")
+p.add_argument("--data-dir", default=None, help="classic GLUE TSV folder (TASK/train.tsv, TASK/dev.tsv); default: the HF hub")
+p.add_argument("--method", default="lora", choices=["lora", "vera", "full", "bitfit"], help="what is trained")
+p.add_argument("--targets", default="query,value", help=f"adapted linears, comma-separated from {','.join(lora.TARGETS)} or all")
+p.add_argument("--rank", type=int, default=None, help="adapter rank r (default: LoRA 8, VeRA 1024)")
+p.add_argument("--alpha", type=float, default=None, help="LoRA alpha; scaling = alpha/r (default: = LoRA's 8)")
+p.add_argument("--rslora", action="store_true", help="LoRA scaling alpha/sqrt(r) instead of alpha/r")
+p.add_argument("--d-initial", type=float, default=0.1, help="VeRA initial value of lambda_d")
+p.add_argument("--vera-seed", type=int, default=0, help="seed of VeRA's shared random projections")
+p.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter input (active adapters only)")
+p.add_argument("--active", type=int, default=None, help="DynaLoRA: train K adapter modules at a time (omit: all)")
+p.add_argument("--threshold", type=float, default=None, help="DynaLoRA: train the smallest set with importance share >= P")
+p.add_argument("--allocator", default="discounted", choices=list(allocate.ALLOCATORS), help="how modules are picked")
+p.add_argument("--importance", default="forward", choices=list(importance.MEASURES), help="module importance measure")
+p.add_argument("--window", default="cumulative", choices=list(importance.WINDOWS), help="scores since start or since last re-allocation")
+p.add_argument("--schedule", default="periodic", choices=list(allocate.SCHEDULES), help="re-allocate once (at --realloc-at) or every --period steps")
+p.add_argument("--period", type=int, default=50, help="periodic schedule: steps between re-allocations")
+p.add_argument("--realloc-at", type=int, default=None, help="once schedule: step of the single re-allocation (default: 10%% of training)")
+p.add_argument("--probe-batches", type=int, default=4, help="batches scored before step 0 for the first allocation (0: uniform)")
+p.add_argument("--optimizer", default="global", choices=list(allocate.OPTIMIZERS), help="one AdamW, or AdamW state and LR schedule per module")
+p.add_argument("--lr", type=float, default=None, help="adapter learning rate (default: per task, from the papers)")
+p.add_argument("--head-lr", type=float, default=None, help="classification head learning rate (default: per task)")
+p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
+p.add_argument("--epochs", type=float, default=None, help="training epochs (default: per task)")
+p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)")
+p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: per task)")
+p.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size")
+p.add_argument("--max-len", type=int, default=512, help="truncate inputs to this many tokens")
+p.add_argument("--warmup-ratio", type=float, default=0.06, help="linear warmup over this fraction of the steps")
+p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
+p.add_argument("--save-every", type=int, default=500, help="write a checkpoint every N steps (0: only at the end)")
+p.add_argument("--log-every", type=int, default=20, help="log the train loss every N steps")
+p.add_argument("--max-train-samples", type=int, default=None, help="train on a seeded random subset of this size")
+p.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on the first N dev examples")
+p.add_argument("--seed", type=int, default=0, help="seed for init, data order, dropout and allocation")
+p.add_argument("--output-dir", default=None, help="where everything is written (default: out/TASK-METHOD-SEED)")
+p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt if it exists")
+p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+args = p.parse_args()
+
+
+def fail(msg, code=2):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(code)
+
+
+# per-task defaults from the papers (RoBERTa-base): LoRA Table 9 (r=8, alpha=8), VeRA Table 8 (r=1024)
+LORA_DEFAULTS = dict(sst2=(16, 60, 5e-4), mrpc=(16, 30, 4e-4), cola=(32, 80, 4e-4), qnli=(32, 25, 4e-4),
+                     rte=(32, 80, 5e-4), stsb=(16, 40, 4e-4), mnli=(16, 30, 5e-4), qqp=(16, 25, 5e-4))
+VERA_DEFAULTS = dict(sst2=(64, 60, 4e-3, 4e-3), mrpc=(64, 30, 1e-2, 4e-3), cola=(64, 80, 1e-2, 1e-2),
+                     qnli=(64, 25, 1e-2, 4e-3), rte=(64, 160, 4e-3, 1e-2), stsb=(64, 80, 1e-2, 1e-2))
+OTHER_DEFAULTS = dict(full=(16, 10, 2e-5), bitfit=(32, 20, 1e-3))  # not from the DynaLoRA paper: common choices
+try:
+    task = glue.get_task(args.task)["name"]
+except glue.DataError as e:
+    fail(e)
+if args.method == "lora":
+    bs, ep, lr = LORA_DEFAULTS.get(task, (32, 10, 5e-4))
+    defaults = dict(batch_size=bs, epochs=ep, lr=lr, head_lr=lr, rank=8, alpha=8.0)
+elif args.method == "vera":
+    bs, ep, lr, hlr = VERA_DEFAULTS.get(task, (64, 30, 1e-2, 4e-3))
+    defaults = dict(batch_size=bs, epochs=ep, lr=lr, head_lr=hlr, rank=1024, alpha=None)
+else:
+    bs, ep, lr = OTHER_DEFAULTS[args.method]
+    defaults = dict(batch_size=bs, epochs=ep, lr=lr, head_lr=lr, rank=None, alpha=None)
+for k, v in defaults.items():
+    if getattr(args, k) is None:
+        setattr(args, k, v)
+dynamic = args.active is not None or args.threshold is not None
+if args.active is not None and args.threshold is not None:
+    fail("--active and --threshold are two budgets; give one")
+if dynamic and args.method not in ("lora", "vera"):
+    fail(f"--active/--threshold allocate adapter modules; --method {args.method} has none")
+for flag in ("batch_size", "eval_batch_size", "max_len", "period", "log_every"):
+    if getattr(args, flag) < 1:
+        fail(f"--{flag.replace('_', '-')} must be >= 1")
+args.output_dir = args.output_dir or os.path.join("out", f"{task}-{args.method}{'-dyna' if dynamic else ''}-s{args.seed}")
+device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                      "cpu" if args.device == "auto" else args.device)
+ckpt_path = os.path.join(args.output_dir, "checkpoint.pt")
+if os.path.exists(ckpt_path) and not args.resume:
+    fail(f"{args.output_dir} already holds a run (checkpoint.pt); pass --resume to continue it or pick another --output-dir")
+os.makedirs(args.output_dir, exist_ok=True)
+
+
+def git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True).stdout.strip()
+        return (sha + ("-dirty" if dirty else "")) or None
+    except OSError:
+        return None
+
+
+def write_json(path, obj):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+commit = git_commit()
+write_json(os.path.join(args.output_dir, "args.json"), {**vars(args), "task": task, "commit": commit})
+for k in ("batch_size", "epochs", "lr", "head_lr", "rank", "alpha"):
+    print(f"{k}: {getattr(args, k)}{'  (per-task default)' if k in defaults and defaults[k] == getattr(args, k) else ''}")
+
+# ----------------------------------------------------------------------------- model and data
+torch.manual_seed(args.seed)
+num_labels = glue.TASKS[task]["num_labels"]
+local_hint = "Offline? Pass --model DIR, a local Hugging Face model directory (config.json, weights, tokenizer files)."
+if (os.path.isabs(args.model) or args.model.startswith(".")) and not os.path.isdir(args.model):
+    fail(f"model directory '{args.model}' does not exist. {local_hint}")
+try:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    # a checkpoint whose head has another label count gets a fresh head of the right size
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model, num_labels=num_labels, ignore_mismatched_sizes=True,
+        problem_type="regression" if num_labels == 1 else "single_label_classification")
+except (OSError, ValueError, RuntimeError) as e:
+    fail(f"could not load model '{args.model}' ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). {local_hint}")
+try:
+    train_data = glue.load_split(task, "train", args.data_dir)
+    dev_data = glue.load_split(task, "dev", args.data_dir)
+except glue.DataError as e:
+    fail(e)
+train_set = glue.encode(tokenizer, train_data, args.max_len)
+dev_set = glue.encode(tokenizer, dev_data, args.max_len)
+if args.max_train_samples:
+    keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:args.max_train_samples]
+    train_set = [train_set[i] for i in sorted(keep.tolist())]
+dev_set = dev_set[:args.max_eval_samples] if args.max_eval_samples else dev_set
+pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+adapters = {}
+try:
+    if args.method == "lora":
+        adapters = lora.inject(model, args.targets, lambda lin: lora.LoRALinear(
+            lin, r=args.rank, alpha=args.alpha, dropout=args.dropout, rslora=args.rslora))
+    elif args.method == "vera":
+        adapters = vera.inject_vera(model, args.targets, r=args.rank, d_initial=args.d_initial,
+                                    dropout=args.dropout, seed=args.vera_seed)
+except ValueError as e:
+    fail(e)
+if args.method == "bitfit":  # BitFit (Zaken et al. 2021): biases and the head
+    head = set(map(id, lora.head_parameters(model)))
+    for name, prm in model.named_parameters():
+        prm.requires_grad_(name.endswith(".bias") or id(prm) in head)
+model.to(device)
+names = list(adapters)
+adapter_params = [prm for a in adapters.values() for prm in a.adapter_params()]
+head_params = lora.head_parameters(model) if adapters else []
+plain_params = [prm for prm in model.parameters() if prm.requires_grad] if not adapters else []
+n_trainable = sum(prm.numel() for prm in adapter_params + head_params + plain_params)
+n_total = sum(prm.numel() for prm in model.parameters())
+
+# ----------------------------------------------------------------------------- schedule of steps
+steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
+warmup_steps = int(args.warmup_ratio * total_steps)
+eval_every = args.eval_every or steps_per_epoch
+alloc = None
+if dynamic:
+    try:
+        alloc = allocate.Allocation(names, "threshold" if args.threshold is not None else args.allocator,
+                                    args.threshold if args.threshold is not None else args.active,
+                                    measure=args.importance, schedule=args.schedule, period=args.period,
+                                    realloc_at=args.realloc_at or max(1, total_steps // 10), window=args.window,
+                                    seed=args.seed)
+    except ValueError as e:
+        fail(e)
+    importance.set_tracking(adapters, args.importance)
+
+
+def get_batch(step):
+    """Batch `step` of a fixed seeded order: epoch e is a permutation seeded by (seed, e), so resume is exact."""
+    epoch, i = divmod(step, steps_per_epoch)
+    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
+    idx = perm[i * args.batch_size:(i + 1) * args.batch_size].tolist()
+    return {k: v.to(device) for k, v in glue.collate([train_set[j] for j in idx], pad_id).items()}
+
+
+@torch.no_grad()
+def evaluate():
+    model.eval()
+    preds, loss_sum = [], torch.zeros((), device=device)
+    for i in range(0, len(dev_set), args.eval_batch_size):
+        batch = {k: v.to(device) for k, v in glue.collate(dev_set[i:i + args.eval_batch_size], pad_id).items()}
+        out = model(**batch)
+        loss_sum += out.loss * len(batch["labels"])
+        preds.append(out.logits.squeeze(-1) if num_labels == 1 else out.logits.argmax(-1))
+    model.train()
+    metrics = glue.compute_metrics(task, torch.cat(preds).cpu().numpy(), [ex["label"] for ex in dev_set])
+    return {**metrics, "eval_loss": loss_sum.item() / len(dev_set)}
+
+
+opt_params = dict(adapters=adapters, head_params=head_params) if adapters else dict(params=plain_params)
+optimizer, scheduler = allocate.build_optimizer(args.optimizer if adapters else "global", lr=args.lr, head_lr=args.head_lr,
+                                                weight_decay=args.weight_decay, total_steps=total_steps,
+                                                warmup_steps=warmup_steps, **opt_params)
+
+# ----------------------------------------------------------------------------- resume or start
+metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+trained = adapter_params + head_params + plain_params
+
+
+def trained_state():
+    """What training changes: adapter params, score and count buffers and head; or the trained base params."""
+    if adapters:
+        return lora.adapter_state_dict(model, adapters)
+    return {n: prm.detach() for n, prm in model.named_parameters() if prm.requires_grad}
+
+
+start_step, best, history = 0, None, []
+if args.resume and os.path.exists(ckpt_path):
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # our own file: tensors and plain data only
+    ignore = {"resume", "device", "no_progress", "save_every", "eval_batch_size"}
+    changed = {k: (ckpt["args"].get(k), v) for k, v in vars(args).items() if k not in ignore and ckpt["args"].get(k) != v}
+    if changed:
+        fail(f"--resume with different settings than the checkpoint: {changed}")
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if unexpected or set(trained_state()) - set(ckpt["model"]):
+        fail(f"{ckpt_path} does not match this model: unexpected keys {unexpected[:3]}")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if alloc is not None:
+        alloc.load_state_dict(ckpt["alloc"], adapters)
+    torch.set_rng_state(ckpt["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in ckpt:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    start_step, best = ckpt["step"], ckpt["best"]
+    with open(metrics_path) as f:  # drop what was logged after the checkpoint: it will be logged again
+        lines = [ln for ln in f if json.loads(ln).get("step", 0) <= start_step]
+    with open(metrics_path + ".tmp", "w") as f:
+        f.writelines(lines)
+    os.replace(metrics_path + ".tmp", metrics_path)
+    print(f"resumed from {ckpt_path} at step {start_step}")
+elif os.path.exists(metrics_path):
+    os.remove(metrics_path)
+
+
+def log(obj):
+    with open(metrics_path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def save_checkpoint(step):
+    ckpt = {"model": trained_state(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "alloc": alloc.state_dict() if alloc is not None else None, "rng_cpu": torch.get_rng_state(),
+            "step": step, "best": best, "args": vars(args), "commit": commit}
+    if device.type == "cuda":
+        ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
+    torch.save(ckpt, ckpt_path + ".tmp")
+    os.replace(ckpt_path + ".tmp", ckpt_path)
+
+
+print(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.3f}%)"
+      f"{f'; adapter modules: {len(adapters)}' if adapters else ''}")
+
+# ----------------------------------------------------------------------------- training loop
+model.train()
+if alloc is not None and start_step == 0:
+    probe = [get_batch(i) for i in range(min(args.probe_batches, total_steps))]
+    scores = importance.probe(model, adapters, probe, args.importance) if probe and args.importance != "random" else None
+    active = alloc.initial(adapters, scores)
+    log({"step": 0, "active": active})
+if alloc is not None:
+    print(f"active adapter modules: {len(alloc.active)} of {len(names)}; active trainable parameters: "
+          f"{sum(prm.numel() for n in alloc.active for prm in adapters[n].adapter_params()) + sum(prm.numel() for prm in head_params):,}")
+progress = None
+if not args.no_progress:
+    from tqdm import tqdm
+    progress = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True)
+t0, loss_sum, n_loss, last_saved, final = time.time(), torch.zeros((), device=device), 0, start_step, None
+for step in range(start_step, total_steps):
+    batch = get_batch(step)
+    loss = model(**batch).loss
+    loss.backward()
+    if args.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_([prm for prm in trained if prm.grad is not None], args.max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum += loss.detach()
+    n_loss += 1
+    if alloc is not None:  # after optimizer.step(), before the next forward
+        active = alloc.step(step + 1, adapters, reallocate=step + 1 < total_steps)
+        if active is not None:
+            log({"step": step + 1, "active": active})
+    done = step + 1
+    if done % args.log_every == 0 or done == total_steps:
+        train_loss = loss_sum.item() / n_loss  # the one host sync, every --log-every steps
+        if not math.isfinite(train_loss):
+            fail(f"train loss is non-finite ({train_loss}) by step {done}; stopped. The last good checkpoint "
+                 f"(step {last_saved}) is kept in {args.output_dir}; try a lower --lr", code=3)
+        log({"step": done, "train_loss": train_loss, "lr": allocate.current_lrs(optimizer)})
+        if progress is not None:
+            progress.set_postfix(loss=f"{train_loss:.4f}", active=len(alloc.active) if alloc else len(names))
+        loss_sum.zero_()
+        n_loss = 0
+    if done % eval_every == 0 or done == total_steps:
+        m = final = evaluate()
+        log({"step": done, **m})
+        head_metric = m[glue.TASKS[task]["metric"]]
+        if best is None or head_metric > best:
+            best = head_metric
+        print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    if (args.save_every and done % args.save_every == 0) or done == total_steps:
+        if not (math.isfinite(loss_sum.item()) and all(torch.isfinite(prm).all() for prm in trained)):
+            fail(f"training diverged (non-finite loss or weights) before step {done}; stopped. The last good "
+                 f"checkpoint (step {last_saved}) is kept in {args.output_dir}; try a lower --lr", code=3)
+        save_checkpoint(done)
+        last_saved = done
+    if progress is not None:
+        progress.update(1)
+if progress is not None:
+    progress.close()
+wall = time.time() - t0
+
+# ----------------------------------------------------------------------------- figures
+
+
+def write_selection(fractions):
+    """selection.csv/.png: fraction of steps each module was active, layers x module type (paper Figs. 4-5)."""
+    import re
+    kinds = [k for k in lora.TARGETS if any(re.search(lora.TARGETS[k], n) for n in fractions)]
+    grid = {}
+    for n, f in fractions.items():
+        layer = int(re.search(r"\.layer\.(\d+)\.", n).group(1))
+        grid[layer, next(k for k in kinds if re.search(lora.TARGETS[k], n))] = f
+    layers = sorted({layer for layer, _ in grid})
+    with open(os.path.join(args.output_dir, "selection.csv.tmp"), "w") as f:
+        f.write("layer," + ",".join(kinds) + "\n")
+        for layer in layers:
+            f.write(f"{layer}," + ",".join(f"{grid.get((layer, k), float('nan')):.4f}" for k in kinds) + "\n")
+    os.replace(os.path.join(args.output_dir, "selection.csv.tmp"), os.path.join(args.output_dir, "selection.csv"))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(kinds), 1 + 0.35 * len(layers)))
+    im = ax.imshow([[grid.get((layer, k), float("nan")) for k in kinds] for layer in layers], vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_yticks(range(len(layers)), layers)
+    ax.set_ylabel("layer")
+    ax.set_title(f"fraction of steps active ({task}, {args.method})")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.output_dir, "selection.png"), dpi=120)
+    plt.close(fig)
+
+
+def plot_eval_loss():
+    """eval_loss.png: validation loss over training steps (paper Fig. 1)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    with open(metrics_path) as f:
+        rows = [r for r in map(json.loads, f) if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([r["step"] for r in rows], [r["eval_loss"] for r in rows], marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("eval loss")
+    ax.set_title(f"{task}, {args.method}{f', {len(alloc.active)} of {len(names)} active' if alloc else ''}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.output_dir, "eval_loss.png"), dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- results and exports
+final = final or evaluate()
+headline = glue.TASKS[task]["metric"]
+best = final[headline] if best is None else best
+if alloc is not None:
+    fractions = allocate.selection_fractions(alloc.history, names, total_steps)
+    active_trainable = max(sum(prm.numel() for n in act for prm in adapters[n].adapter_params())
+                           for _, act in alloc.history) + sum(prm.numel() for prm in head_params)
+else:
+    fractions, active_trainable = None, n_trainable
+peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_metric": headline,
+           "best": best, "final": final[headline], "dev_metrics": final, "steps": total_steps,
+           "trainable_params": n_trainable, "active_trainable_params": active_trainable, "total_params": n_total,
+           "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
+           "wall_time_s": round(wall, 1), "commit": commit}
+if args.method == "lora":
+    lora.export_peft(os.path.join(args.output_dir, "adapter"), model, adapters, base_model_name_or_path=args.model)
+elif args.method == "vera":
+    os.makedirs(os.path.join(args.output_dir, "adapter"), exist_ok=True)
+    lora.save_adapters(os.path.join(args.output_dir, "adapter", "adapter_model.safetensors"), model, adapters,
+                       metadata={"method": "vera", "r": str(args.rank), "vera_seed": str(args.vera_seed),
+                                 "targets": args.targets, "base_model": args.model})
+lora.export_merged(os.path.join(args.output_dir, "merged"), model, adapters, tokenizer)
+if fractions is not None:
+    write_selection(fractions)
+plot_eval_loss()
+write_json(os.path.join(args.output_dir, "results.json"), results)
+print(f"{task} {args.method}: {headline} final {final[headline]:.2f}, best {best:.2f}; "
+      f"wrote {args.output_dir}/results.json")
