@@ -34,15 +34,12 @@ def _modules(adapters):
 
 
 def set_tracking(adapters, measure):
-    """Turn each adapter's accumulators on for exactly what `measure` reads, and off otherwise.
-
-    lora.Adapter has one flag for both gradient accumulators, so `param_grad` also pays for the
-    per-token output-gradient norms (and `gradient` for the parameter-gradient norms).
-    """
+    """Turn each adapter's accumulators on for exactly what `measure` reads, and off otherwise."""
     check_measure(measure)
     for a in _modules(adapters):
         a.track_forward = measure == "forward"
-        a.track_grad = measure in ("gradient", "param_grad")
+        a.track_grad = measure == "gradient"
+        a.track_param_grad = measure == "param_grad"
 
 
 def scores(adapters, measure):
@@ -91,7 +88,7 @@ def probe(model, adapters, batches, measure):
         return None
     mods = _modules(adapters)
     was_active = [a.active for a in mods]
-    was_tracking = [(a.track_forward, a.track_grad) for a in mods]
+    was_tracking = [(a.track_forward, a.track_grad, a.track_param_grad) for a in mods]
     was_training = model.training
     y, n = None, 0
     try:
@@ -112,9 +109,9 @@ def probe(model, adapters, batches, measure):
                 n += 1
         y = scores(mods, measure)
     finally:
-        for a, act, (tf, tg) in zip(mods, was_active, was_tracking):
+        for a, act, flags in zip(mods, was_active, was_tracking):
             a.set_active(act)
-            a.track_forward, a.track_grad = tf, tg
+            a.track_forward, a.track_grad, a.track_param_grad = flags
         model.train(was_training)
         for p in model.parameters():
             p.grad = None

@@ -14,8 +14,9 @@ reads them back to the host, so tracking adds no synchronisation to the training
   module's output. Every module that backward reaches gets it, active or not.
 - `param_grad_score`: sum over backward passes of the adapter's own gradient norms (||grad A|| + ||grad B||
   for LoRA, the HeteroLoRA proxy). Only active modules have adapter gradients, so it is zero otherwise.
-- `n_updates`: optimizer updates this module received (C in eq. 3), counted by the optimizer code.
-Only training passes count: in eval mode or under torch.no_grad() nothing accumulates.
+- `n_updates`: optimizer updates this module received (C in eq. 3), counted by allocate.Allocation.step.
+Flags `track_forward`, `track_grad` and `track_param_grad` switch each sum on; all are off by default
+and cost nothing then. Only training passes count: in eval mode or under torch.no_grad() nothing accumulates.
 """
 import json
 import math
@@ -54,16 +55,24 @@ class Adapter(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.active = True    # trained (requires grad) or not; an inactive adapter still adds its delta
         self.merged = False
-        self.track_forward = False
-        self.track_grad = False
+        self.track_forward = False     # fwd_score
+        self.track_grad = False        # grad_score
+        self.track_param_grad = False  # param_grad_score
         for name in ("fwd_score", "grad_score", "param_grad_score"):
             self.register_buffer(name, torch.zeros((), device=base.weight.device))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long, device=base.weight.device))
 
     def _init_hooks(self):
-        # called by subclasses once their parameters exist
+        # called by subclasses once their parameters exist, and again after a copy (deepcopy drops tensor hooks)
         for p in self.adapter_params():
+            was = p.requires_grad
+            p.requires_grad_(True)  # a hook needs it; the hook stays through later set_active switches
             p.register_hook(self._param_grad_hook)  # sees this pass's gradient, not the accumulated .grad
+            p.requires_grad_(was)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._init_hooks()
 
     def forward(self, x):
         h = self.base(x)
@@ -82,7 +91,7 @@ class Adapter(nn.Module):
             self.grad_score += torch.linalg.vector_norm(g, dim=-1).sum()
 
     def _param_grad_hook(self, g):
-        if self.track_grad and self.training:
+        if self.track_param_grad and self.training:
             with torch.no_grad():
                 self.param_grad_score += torch.linalg.vector_norm(g)
 

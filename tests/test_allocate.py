@@ -357,7 +357,7 @@ def test_scoring_adds_no_host_read_to_a_training_step(kind):
     with host_reads() as untracked:
         step(1)
     for a in adapters.values():
-        a.track_forward = a.track_grad = True
+        a.track_forward = a.track_grad = a.track_param_grad = True
     with host_reads() as tracked:
         step(2)
     # what remains in both is not ours: transformers' attention-mask check and AdamW's CPU step counters

@@ -43,14 +43,14 @@ def test_discount_is_eq3_with_counts_starting_at_one():
 
 # ----------------------------------------------------------------------------- tracking and stacking
 
-@pytest.mark.parametrize("measure, fwd, grad", [("forward", True, False), ("gradient", False, True),
-                                                ("param_grad", False, True), ("random", False, False)])
-def test_set_tracking_switches_exactly_what_the_measure_needs(measure, fwd, grad):
+@pytest.mark.parametrize("measure, flags", [("forward", (True, False, False)), ("gradient", (False, True, False)),
+                                           ("param_grad", (False, False, True)), ("random", (False, False, False))])
+def test_set_tracking_switches_exactly_what_the_measure_needs(measure, flags):
     _, adapters = tiny_model()
     for a in adapters.values():
-        a.track_forward = a.track_grad = True  # stale flags from an earlier measure are switched off
+        a.track_forward = a.track_grad = a.track_param_grad = True  # stale flags from an earlier measure go off
     importance.set_tracking(adapters, measure)
-    assert all(a.track_forward == fwd and a.track_grad == grad for a in adapters.values())
+    assert all((a.track_forward, a.track_grad, a.track_param_grad) == flags for a in adapters.values())
 
 
 def test_scores_and_counts_stack_in_adapter_order():
@@ -97,7 +97,8 @@ def test_probe_forward_equals_hand_computed_output_norms_and_restores_everything
     y = importance.probe(model, adapters, data, "forward")
     torch.testing.assert_close(y, torch.stack([expected[n] for n in names]), rtol=1e-5, atol=1e-5)
     assert [a.active for a in adapters.values()] == [True, False, False, True]
-    assert [(a.track_forward, a.track_grad) for a in adapters.values()] == [(False, True)] + [(False, False)] * 3
+    assert [(a.track_forward, a.track_grad, a.track_param_grad) for a in adapters.values()] == \
+        [(False, True, False)] + [(False, False, False)] * 3
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
     assert all(a.fwd_score == 0 and a.grad_score == 0 and a.param_grad_score == 0 for a in adapters.values())

@@ -204,7 +204,7 @@ def tracked_model(tiny_encoder, arch, **kw):
     model, adapters = lora_model(tiny_encoder, arch, "query,value", dropout=0.1, **kw)
     randomize_b(adapters)
     for a in adapters.values():
-        a.track_forward = a.track_grad = True
+        a.track_forward = a.track_grad = a.track_param_grad = True
     return model, adapters
 
 
@@ -258,6 +258,21 @@ def test_param_grad_score_sums_per_pass_norms_under_grad_accumulation(tiny_encod
         torch.testing.assert_close(a.param_grad_score, 2 * per_pass, rtol=1e-5, atol=0)
 
 
+def test_param_grad_tracking_survives_deepcopy(tiny_encoder, tiny_ids):
+    import copy
+    model, adapters = tracked_model(tiny_encoder, "roberta")
+    first = next(iter(adapters))
+    adapters[first].set_active(False)  # a copy of an inactive adapter must get its hooks back too
+    clone = copy.deepcopy(model).train()
+    copied = {n: clone.get_submodule(n) for n in adapters}
+    F.cross_entropy(clone(input_ids=tiny_ids).logits, torch.tensor([0, 1])).backward()
+    for n, a in copied.items():
+        expected = 0.0 if n == first else (a.lora_A.grad.norm() + a.lora_B.grad.norm()).item()
+        assert a.param_grad_score.item() == pytest.approx(expected, rel=1e-5)
+        assert all(p.requires_grad == (n != first) for p in a.adapter_params())
+    assert all(a.param_grad_score == 0 for a in adapters.values())  # the original is untouched
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_accumulators_only_count_tracked_training_passes(tiny_encoder, tiny_ids, arch):
     model, adapters = tracked_model(tiny_encoder, arch)
@@ -273,12 +288,12 @@ def test_accumulators_only_count_tracked_training_passes(tiny_encoder, tiny_ids,
     assert scores(adapters) == zero
 
     for a in adapters.values():
-        a.track_forward = a.track_grad = False
+        a.track_forward = a.track_grad = a.track_param_grad = False
     F.cross_entropy(model(input_ids=tiny_ids).logits, labels).backward()
     assert scores(adapters) == zero
 
     for a in adapters.values():
-        a.track_forward = a.track_grad = True
+        a.track_forward = a.track_grad = a.track_param_grad = True
     F.cross_entropy(model(input_ids=tiny_ids).logits, labels).backward()
     assert all(min(s) > 0 for s in scores(adapters).values())
     for a in adapters.values():

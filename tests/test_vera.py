@@ -234,7 +234,7 @@ def test_accumulators_equal_hand_computed_norms(tiny_encoder, tiny_ids, arch):
                 out.register_hook(lambda g: grads.__setitem__(path, g.detach().clone()))
         return hook
     for p, a in adapters.items():
-        a.track_forward = a.track_grad = True
+        a.track_forward = a.track_grad = a.track_param_grad = True
         a.register_forward_hook(capture(p))
     model.train()
     F.cross_entropy(model(input_ids=tiny_ids).logits, torch.tensor([0, 1])).backward()
