@@ -245,7 +245,7 @@ def trained_state():
     return {n: prm.detach() for n, prm in model.named_parameters() if prm.requires_grad}
 
 
-start_step, best, history = 0, None, []
+start_step, best, wall_before, loss_sum, n_loss = 0, None, 0.0, torch.zeros((), device=device), 0
 if args.resume and os.path.exists(ckpt_path):
     ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # our own file: tensors and plain data only
     ignore = {"resume", "device", "no_progress", "save_every", "eval_batch_size"}
@@ -263,7 +263,8 @@ if args.resume and os.path.exists(ckpt_path):
     torch.set_rng_state(ckpt["rng_cpu"])
     if device.type == "cuda" and "rng_cuda" in ckpt:
         torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
-    start_step, best = ckpt["step"], ckpt["best"]
+    start_step, best, wall_before = ckpt["step"], ckpt["best"], ckpt["wall_time_s"]
+    loss_sum, n_loss = ckpt["loss_sum"].to(device), ckpt["n_loss"]  # the open --log-every window
     with open(metrics_path) as f:  # drop what was logged after the checkpoint: it will be logged again
         lines = [ln for ln in f if json.loads(ln).get("step", 0) <= start_step]
     with open(metrics_path + ".tmp", "w") as f:
@@ -283,7 +284,8 @@ def save_checkpoint(step):
     ckpt = {"model": trained_state(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "alloc": alloc.state_dict() if alloc is not None else None, "rng_cpu": torch.get_rng_state(),
-            "step": step, "best": best, "args": vars(args), "commit": commit}
+            "step": step, "best": best, "args": vars(args), "commit": commit, "loss_sum": loss_sum, "n_loss": n_loss,
+            "wall_time_s": wall_before + time.time() - t0}
     if device.type == "cuda":
         ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
     torch.save(ckpt, ckpt_path + ".tmp")
@@ -307,7 +309,7 @@ progress = None
 if not args.no_progress:
     from tqdm import tqdm
     progress = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True)
-t0, loss_sum, n_loss, last_saved, final = time.time(), torch.zeros((), device=device), 0, start_step, None
+t0, last_saved, final = time.time(), start_step, None
 for step in range(start_step, total_steps):
     batch = get_batch(step)
     loss = model(**batch).loss
@@ -352,7 +354,7 @@ for step in range(start_step, total_steps):
         progress.update(1)
 if progress is not None:
     progress.close()
-wall = time.time() - t0
+wall = wall_before + time.time() - t0
 
 # ----------------------------------------------------------------------------- figures
 

@@ -108,7 +108,7 @@ def test_dynamic_allocation_runs(tmp_path, tiny_model, glue_dir, allocator, meas
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, tiny_model, glue_dir):
     common = ["--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--active", 2, "--rank", 2,
               "--allocator", "discounted", "--period", 3, "--optimizer", "local", "--dropout", 0.1,
-              "--max-steps", 40, "--save-every", 1, "--eval-every", 100, *FAST]
+              "--max-steps", 40, "--save-every", 1, "--eval-every", 100, *FAST, "--log-every", 3]
     ref = tmp_path / "ref"
     run_train(*common, "--output-dir", ref)
     killed = tmp_path / "killed"
