@@ -10,47 +10,11 @@ from safetensors.torch import load_file
 
 import lora
 from lora import LoRALinear
+from tiny import saved_activation_bytes
 from vera import VeRALinear, inject_vera
 
 ARCHS = ["roberta", "bert"]
 ALL_TARGETS = "query,key,value,attn_out,ffn_in,ffn_out"
-
-
-@pytest.fixture
-def tiny_encoder():
-    """Factory: tiny_encoder(arch, num_labels=2, seed=0) -> a random *ForSequenceClassification in eval mode."""
-    from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
-
-    def make(arch="roberta", num_labels=2, seed=0):
-        config_cls, model_cls = {"roberta": (RobertaConfig, RobertaForSequenceClassification),
-                                 "bert": (BertConfig, BertForSequenceClassification)}[arch]
-        config = config_cls(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
-        torch.manual_seed(seed)
-        return model_cls(config).eval()
-    return make
-
-
-@pytest.fixture
-def tiny_ids():
-    return torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(1234))  # ids 0-2 are special
-
-
-def saved_activation_bytes(module, *args, **kwargs):
-    """Bytes of the distinct storages autograd saves for backward during module(*args, **kwargs),
-    not counting parameter or buffer storages."""
-    owned = {t.untyped_storage().data_ptr() for t in list(module.parameters()) + list(module.buffers())}
-    saved = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in owned:
-            saved[s.data_ptr()] = (s.nbytes(), t)  # keep t alive so its storage address is not reused
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(*args, **kwargs)
-    return sum(n for n, _ in saved.values()), out
 
 
 def vera_model(tiny_encoder, arch="roberta", targets="query,value", r=16, d_initial=0.1, dropout=0.0, seed=0,

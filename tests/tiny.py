@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_GLUE = Path(os.environ.get("GLUE_DIR", ROOT.parent / "shared" / "glue"))
@@ -29,7 +30,6 @@ def build_tiny_model(out_dir, texts, num_labels=2, layers=2):
     fast.save_pretrained(out_dir)
     cfg = RobertaConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=80, pad_token_id=1, num_labels=num_labels)
-    import torch
     torch.manual_seed(0)
     RobertaForSequenceClassification(cfg).save_pretrained(out_dir)
     return str(out_dir)
@@ -80,3 +80,20 @@ def run_train(*flags, timeout=300, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def saved_activation_bytes(module, *args, **kwargs):
+    """Bytes of the distinct storages autograd saves for backward during module(*args, **kwargs),
+    not counting parameter or buffer storages."""
+    owned = {t.untyped_storage().data_ptr() for t in list(module.parameters()) + list(module.buffers())}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in owned:
+            saved[s.data_ptr()] = (s.nbytes(), t)  # keep t alive so its storage address is not reused
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(*args, **kwargs)
+    return sum(n for n, _ in saved.values()), out

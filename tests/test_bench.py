@@ -1,0 +1,75 @@
+"""Smoke tests of bench/memory.py and bench/speed.py: each runs as a subprocess on a tiny RoBERTa-base slice
+(--quick, 2 layers, batch 2, seq 16) and its JSON must hold every configuration with sane numbers.
+Only invariants of the byte accounting are asserted; never a timing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--quick", "--layers", "2", "--batch-size", "2", "--seq-len", "16"]
+
+
+def run_bench(script, tmp_path, *flags):
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *TINY, *flags, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+    assert "| configuration |" in proc.stdout and "torch " in proc.stdout  # the table and the header were printed
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_memory_accounting(tmp_path):
+    res, _ = run_bench("memory.py", tmp_path, "--draws", "3")
+    rows, cfg = res["rows"], res["config"]
+    M, budgets = cfg["modules"], cfg["budgets"]
+    assert M == 4 and budgets == [3, 1]  # 16 and 8 of 24, scaled to 2 layers
+    expected = ["frozen_forward", "full", "bitfit", "lora"]
+    for k in budgets:
+        expected += [f"dynalora{k}_random", f"dynalora{k}_upper", f"dynalora{k}_lower"]
+    expected += ["vera", f"dynavera{budgets[0]}_random"]
+    assert list(rows) == expected
+    parts = ("saved", "trainable", "adapter_other", "grads", "optim")
+    for key, r in rows.items():
+        assert r["frozen"] > 0 and r["total"] > 0, key
+        assert all(r[x] >= 0 for x in parts), key
+        assert r["overhead"] == sum(r[x] for x in parts), key
+        assert r["total"] == r["overhead"] + r["frozen"], key
+        if key != "frozen_forward":
+            assert r["saved"] > 0 and r["trainable"] > 0 and r["grads"] > 0 and r["optim"] > 0, key
+    assert rows["frozen_forward"]["saved"] == rows["frozen_forward"]["overhead"] == 0
+    # full fine-tuning trains every parameter: nothing of the model is frozen but its (tiny) buffers
+    assert rows["full"]["trainable"] == cfg["params_total_bytes"] == rows["full"]["grads"]
+    assert rows["lora"]["frozen"] + rows["lora"]["trainable"] == rows["frozen_forward"]["frozen"] + 4 * 2 * 8 * 768 * 4
+    lora = rows["lora"]
+    for k in budgets:
+        rand, up, low = rows[f"dynalora{k}_random"], rows[f"dynalora{k}_upper"], rows[f"dynalora{k}_lower"]
+        assert lora["saved"] >= rand["saved_max"] >= rand["saved"] >= rand["saved_min"] > 0
+        assert lora["saved"] >= low["saved"] > up["saved"] > 0  # backward stops early above the lowest active module
+        for r in (rand, up, low):
+            assert r["grads"] < lora["grads"] and r["trainable"] < lora["trainable"] and r["adapter_other"] > 0
+            assert r["optim"] <= lora["optim"] and r["optim_local"] == r["optim"]  # same state either way
+        assert rand["optim_first"] <= rand["optim"]
+        assert rand["draws"][0]["all_modules_seen"] is False
+    # the upper-layers placement of the bigger budget: the top K modules in layer order
+    assert rows[f"dynalora{budgets[0]}_upper"]["placement"] == ".v qv"
+    assert rows["vera"]["adapter_other"] > 0  # VeRA's shared projections
+    assert rows[f"dynavera{budgets[0]}_random"]["saved"] <= rows["vera"]["saved"]
+    assert lora["saved_ratio"] == 1.0 and lora["overhead_ratio"] == 1.0
+
+
+def test_speed_runs_every_config(tmp_path):
+    res, out = run_bench("speed.py", tmp_path, "--reps", "2", "--warmup", "0", "--vera-reference")
+    rows = res["rows"]
+    assert list(rows) == ["lora", "lora_forward", "lora_gradient", "dynalora_global", "dynalora_local", "dynavera",
+                          "vera"]
+    for key, r in rows.items():
+        assert len(r["times"]) == 2 and all(t > 0 for t in r["times"]), key
+        assert r["median"] > 0 and r["min"] <= r["median_step"] <= r["max"], key
+        assert r["ratio"] > 0, key
+        dynamic = key.startswith("dyna")
+        assert (len(r["realloc_times"]) == 2) == dynamic and (r["median"] > r["median_step"]) == dynamic, key
+    names = [t["name"].split(" ")[0] for t in res["targets"]]
+    assert names == ["forward", "gradient", "DynaLoRA", "DynaLoRA", "DynaLoRA"]
+    assert all(isinstance(t["met"], bool) and t["value"] > 0 for t in res["targets"])
+    assert out.count("| MET |") + out.count("| MISSED |") == len(res["targets"])
