@@ -88,16 +88,18 @@ except glue.DataError as e:
     fail(e)
 if args.method == "lora":
     bs, ep, lr = LORA_DEFAULTS.get(task, (32, 10, 5e-4))
-    defaults = dict(batch_size=bs, epochs=ep, lr=lr, head_lr=lr, rank=8, alpha=8.0)
+    defaults = dict(batch_size=bs, epochs=ep, lr=lr, rank=8, alpha=8.0)  # LoRA trains the head at --lr
 elif args.method == "vera":
     bs, ep, lr, hlr = VERA_DEFAULTS.get(task, (64, 30, 1e-2, 4e-3))
     defaults = dict(batch_size=bs, epochs=ep, lr=lr, head_lr=hlr, rank=1024, alpha=None)
 else:
     bs, ep, lr = OTHER_DEFAULTS[args.method]
-    defaults = dict(batch_size=bs, epochs=ep, lr=lr, head_lr=lr, rank=None, alpha=None)
+    defaults = dict(batch_size=bs, epochs=ep, lr=lr, rank=None, alpha=None)
 for k, v in defaults.items():
     if getattr(args, k) is None:
         setattr(args, k, v)
+if args.head_lr is None:
+    args.head_lr = args.lr
 dynamic = args.active is not None or args.threshold is not None
 if args.active is not None and args.threshold is not None:
     fail("--active and --threshold are two budgets; give one")
