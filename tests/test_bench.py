@@ -1,10 +1,15 @@
-"""Smoke tests of bench/memory.py and bench/speed.py: each runs as a subprocess on a tiny RoBERTa-base slice
-(--quick, 2 layers, batch 2, seq 16) and its JSON must hold every configuration with sane numbers.
-Only invariants of the byte accounting are asserted; never a timing."""
+"""Smoke tests of the benchmarks. memory.py and speed.py run as subprocesses on a tiny RoBERTa-base slice
+(--quick, 2 layers, batch 2, seq 16) and their JSON must hold every configuration with sane numbers; only
+invariants of the byte accounting are asserted, never a timing. glue_table.py runs two methods on a tiny
+model and fixture files, and must build its table and skip finished runs when called again."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from tiny import glue_dir, tiny_model  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--quick", "--layers", "2", "--batch-size", "2", "--seq-len", "16"]
@@ -73,3 +78,22 @@ def test_speed_runs_every_config(tmp_path):
     assert names == ["forward", "gradient", "DynaLoRA", "DynaLoRA", "DynaLoRA"]
     assert all(isinstance(t["met"], bool) and t["value"] > 0 for t in res["targets"])
     assert out.count("| MET |") + out.count("| MISSED |") == len(res["targets"])
+
+
+def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
+    out, table = tmp_path / "runs", tmp_path / "table.md"
+    cmd = [sys.executable, str(ROOT / "bench" / "glue_table.py"), "--model", tiny_model, "--data-dir", glue_dir,
+           "--methods", "lora", "dynalora-f", "--tasks", "rte", "stsb", "--max-steps", "2", "--max-len", "24",
+           "--out", str(out), "--table", str(table)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(": ok in") == 4 and "3 of 4 query+value modules" in proc.stdout
+    main = table.read_text().split("Per run:")[0]
+    rows = {line.split("|")[1].strip(): line for line in main.splitlines() if line.startswith("| ")}
+    for label in ("LoRA QV r=8", "DynaLoRA QV/2/3/F"):
+        cells = [c.strip() for c in rows[label].split("|")[2:-1]]  # params, RTE, STS-B, average
+        assert len(cells) == 4 and all(c != "–" for c in cells)
+        assert float(cells[3]) == pytest.approx((float(cells[1]) + float(cells[2])) / 2, abs=0.051)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # finished runs are not run again
+    assert again.returncode == 0 and ": ok in" not in again.stdout and again.stdout.split("Per run:")[0].strip() == \
+        main.strip()
