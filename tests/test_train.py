@@ -67,7 +67,7 @@ def test_each_method_writes_every_output(tmp_path, tiny_model, glue_dir, method)
 
 DYNAMIC = [  # (allocator, importance, schedule, optimizer, budget flags)
     ("topk", "forward", "periodic", "global", ["--active", 3]),
-    ("threshold", "forward", "periodic", "local", ["--threshold", 0.5]),
+    ("threshold", "forward", "periodic", "local", ["--threshold", 0.5, "--window", "since_last"]),
     ("multinomial", "gradient", "periodic", "global", ["--active", 2]),
     ("discounted", "forward", "periodic", "local", ["--active", 3]),
     ("discounted", "param_grad", "once", "global", ["--active", 3]),
