@@ -423,7 +423,7 @@ results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_me
            "best": best, "final": final[headline], "dev_metrics": final, "steps": total_steps,
            "trainable_params": n_trainable, "active_trainable_params": active_trainable, "total_params": n_total,
            "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
-           "wall_time_s": round(wall, 1), "commit": commit}
+           "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit}
 if args.method == "lora":
     lora.export_peft(os.path.join(args.output_dir, "adapter"), model, adapters, base_model_name_or_path=args.model)
 elif args.method == "vera":

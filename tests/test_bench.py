@@ -3,6 +3,7 @@
 invariants of the byte accounting are asserted, never a timing. glue_table.py runs two methods on a tiny
 model and fixture files, and must build its table and skip finished runs when called again."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -84,16 +85,26 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     out, table = tmp_path / "runs", tmp_path / "table.md"
     cmd = [sys.executable, str(ROOT / "bench" / "glue_table.py"), "--model", tiny_model, "--data-dir", glue_dir,
            "--methods", "lora", "dynalora-f", "--tasks", "rte", "stsb", "--max-steps", "2", "--max-len", "24",
-           "--out", str(out), "--table", str(table)]
+           "--out", str(out), "--table", str(table), "--jobs", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count(": ok in") == 4 and "3 of 4 query+value modules" in proc.stdout
     main = table.read_text().split("Per run:")[0]
     rows = {line.split("|")[1].strip(): line for line in main.splitlines() if line.startswith("| ")}
     for label in ("LoRA QV r=8", "DynaLoRA QV/2/3/F"):
-        cells = [c.strip() for c in rows[label].split("|")[2:-1]]  # params, RTE, STS-B, average
-        assert len(cells) == 4 and all(c != "–" for c in cells)
-        assert float(cells[3]) == pytest.approx((float(cells[1]) + float(cells[2])) / 2, abs=0.051)
+        cells = [c.strip() for c in rows[label].split("|")[2:-1]]  # params, seeds, RTE, STS-B, average
+        assert len(cells) == 5 and cells[1] == "1" and all(c != "–" for c in cells)
+        assert float(cells[4]) == pytest.approx((float(cells[2]) + float(cells[3])) / 2, abs=0.051)
+    per_run = [line for line in table.read_text().split("Per run:")[1].splitlines() if line.startswith("| LoRA")]
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // 2))  # cores / jobs
+    assert len(per_run) == 2 and all(line.split("|")[-2].strip() == threads for line in per_run)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # finished runs are not run again
     assert again.returncode == 0 and ": ok in" not in again.stdout and again.stdout.split("Per run:")[0].strip() == \
         main.strip()
+    # a second seed runs only the new runs; the cell becomes mean ± std over both
+    more = subprocess.run(cmd[:cmd.index("--methods")] + ["--methods", "lora", "--tasks", "rte", "--seeds", "0", "1"]
+                          + cmd[cmd.index("--max-steps"):], capture_output=True, text=True, timeout=300)
+    assert more.returncode == 0 and more.stdout.count(": ok in") == 1 and "lora        rte   seed 1: ok" in more.stdout
+    row = next(line for line in more.stdout.splitlines() if line.startswith("| LoRA QV r=8 |"))
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    assert cells[1] == "2" and " ± " in cells[2] and float(cells[3]) == float(cells[2].split(" ± ")[0])
