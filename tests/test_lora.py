@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import lora
 from lora import LoRALinear, inject
-from tiny import saved_activation_bytes
+from tiny import outputs_and_grads, saved_activation_bytes
 
 ARCHS = ["roberta", "bert"]
 ALL_TARGETS = "query,key,value,attn_out,ffn_in,ffn_out"
@@ -182,18 +182,7 @@ def test_accumulators_equal_hand_computed_norms(tiny_encoder, tiny_ids, arch):
     inactive = "layer.1.attention.self.value"
     inactive = next(p for p in adapters if inactive in p)
     adapters[inactive].set_active(False)
-    outs, grads = {}, {}
-
-    def capture(path):
-        def hook(module, inp, out):
-            outs[path] = out.detach().clone()
-            if out.requires_grad:
-                out.register_hook(lambda g: grads.__setitem__(path, g.detach().clone()))
-        return hook
-    for p, a in adapters.items():
-        a.register_forward_hook(capture(p))
-    model.train()
-    F.cross_entropy(model(input_ids=tiny_ids).logits, torch.tensor([0, 1])).backward()
+    outs, grads = outputs_and_grads(adapters, model, tiny_ids)
 
     assert set(grads) == set(adapters)  # backward reaches every module, inactive ones too
     for p, a in adapters.items():

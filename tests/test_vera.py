@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import lora
 from lora import LoRALinear
-from tiny import saved_activation_bytes
+from tiny import outputs_and_grads, saved_activation_bytes
 from vera import VeRALinear, inject_vera
 
 ARCHS = ["roberta", "bert"]
@@ -189,19 +189,9 @@ def test_accumulators_equal_hand_computed_norms(tiny_encoder, tiny_ids, arch):
     randomize_lambdas(adapters)
     inactive = next(p for p in adapters if "layer.1.attention.self.query" in p)
     adapters[inactive].set_active(False)
-    outs, grads = {}, {}
-
-    def capture(path):
-        def hook(module, inp, out):
-            outs[path] = out.detach().clone()
-            if out.requires_grad:
-                out.register_hook(lambda g: grads.__setitem__(path, g.detach().clone()))
-        return hook
-    for p, a in adapters.items():
+    for a in adapters.values():
         a.track_forward = a.track_grad = a.track_param_grad = True
-        a.register_forward_hook(capture(p))
-    model.train()
-    F.cross_entropy(model(input_ids=tiny_ids).logits, torch.tensor([0, 1])).backward()
+    outs, grads = outputs_and_grads(adapters, model, tiny_ids)
     assert set(grads) == set(adapters)
     for p, a in adapters.items():
         torch.testing.assert_close(a.fwd_score, outs[p].norm(dim=-1).sum(), rtol=1e-5, atol=0)

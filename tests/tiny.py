@@ -97,3 +97,22 @@ def saved_activation_bytes(module, *args, **kwargs):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = module(*args, **kwargs)
     return sum(n for n, _ in saved.values()), out
+
+
+def outputs_and_grads(adapters, model, ids):
+    """One training-mode forward and backward of `model` on `ids` (labels 0, 1, ...): each adapter's output
+    and the gradient flowing into it, captured by hooks, keyed by module path."""
+    outs, grads = {}, {}
+
+    def capture(path):
+        def hook(module, inp, out):
+            outs[path] = out.detach().clone()
+            if out.requires_grad:
+                out.register_hook(lambda g: grads.__setitem__(path, g.detach().clone()))
+        return hook
+    handles = [a.register_forward_hook(capture(p)) for p, a in adapters.items()]
+    model.train()
+    torch.nn.functional.cross_entropy(model(input_ids=ids).logits, torch.arange(len(ids)) % 2).backward()
+    for h in handles:
+        h.remove()
+    return outs, grads
