@@ -79,8 +79,9 @@ def probe(model, adapters, batches, measure):
     Each batch is a dict the model takes as **kwargs, with labels so that it returns a loss. `forward` needs
     only forward passes; the gradient measures also run backward (no optimizer step). With LoRA's B = 0 at
     init only grad B is non-zero at first, which is fine for a score. Afterwards the active states, tracking
-    flags and train/eval mode are as before, every gradient is None and the accumulators are zero, so that
-    training-time scores count only training steps. Returns the (M,) scores, or None for `random` or no
+    flags, train/eval mode and the random number generators (dropout draws) are as before, every gradient is
+    None and the accumulators are zero, so that training-time scores count only training steps and a run with
+    every module active trains exactly as plain LoRA. Returns the (M,) scores, or None for `random` or no
     batches (the first allocation is then uniform).
     """
     check_measure(measure)
@@ -91,29 +92,31 @@ def probe(model, adapters, batches, measure):
     was_tracking = [(a.track_forward, a.track_grad, a.track_param_grad) for a in mods]
     was_training = model.training
     y, n = None, 0
-    try:
-        set_tracking(mods, measure)
-        reset(mods)
-        for a in mods:
-            a.set_active(True)
-        model.train()  # the accumulators only count training passes
-        with torch.enable_grad():
-            for batch in batches:
-                out = model(**batch)
-                if measure != "forward":
-                    if getattr(out, "loss", None) is None:
-                        raise ValueError("probe batches need labels so that the model returns a loss")
-                    out.loss.backward()
-                for p in model.parameters():  # per-pass gradient norms, not norms of a running sum
-                    p.grad = None
-                n += 1
-        y = scores(mods, measure)
-    finally:
-        for a, act, flags in zip(mods, was_active, was_tracking):
-            a.set_active(act)
-            a.track_forward, a.track_grad, a.track_param_grad = flags
-        model.train(was_training)
-        for p in model.parameters():
-            p.grad = None
-        reset(mods)
+    cuda = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=cuda):  # the probe's dropout draws leave no trace
+        try:
+            set_tracking(mods, measure)
+            reset(mods)
+            for a in mods:
+                a.set_active(True)
+            model.train()  # the accumulators only count training passes
+            with torch.enable_grad():
+                for batch in batches:
+                    out = model(**batch)
+                    if measure != "forward":
+                        if getattr(out, "loss", None) is None:
+                            raise ValueError("probe batches need labels so that the model returns a loss")
+                        out.loss.backward()
+                    for p in model.parameters():  # per-pass gradient norms, not norms of a running sum
+                        p.grad = None
+                    n += 1
+            y = scores(mods, measure)
+        finally:
+            for a, act, flags in zip(mods, was_active, was_tracking):
+                a.set_active(act)
+                a.track_forward, a.track_grad, a.track_param_grad = flags
+            model.train(was_training)
+            for p in model.parameters():
+                p.grad = None
+            reset(mods)
     return y if n else None

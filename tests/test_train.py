@@ -105,6 +105,21 @@ def test_dynamic_allocation_runs(tmp_path, tiny_model, glue_dir, allocator, meas
     assert res["dynamic"] and res["active_trainable_params"] < res["trainable_params"]
 
 
+@pytest.mark.parametrize("measure", ["forward", "gradient"])
+def test_every_module_active_trains_exactly_as_lora(tmp_path, tiny_model, glue_dir, measure):
+    """DynaLoRA with a budget of all modules is plain LoRA: the probe, tracking and re-allocation change no
+    number (the tiny model has dropout, so a probe that drew from the training RNG would show here)."""
+    common = ["--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--rank", 4, "--lr", 1e-2,
+              "--max-steps", 6, "--eval-every", 6, *FAST]
+    run_train(*common, "--output-dir", tmp_path / "lora")
+    run_train(*common, "--active", 4, "--importance", measure, "--allocator", "discounted", "--period", 2,
+              "--output-dir", tmp_path / "dyna")
+    assert [m["step"] for m in read_jsonl(tmp_path / "dyna" / "metrics.jsonl") if "active" in m] == [0, 2, 4]
+    a, b = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("lora", "dyna"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # it trained
+
+
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, tiny_model, glue_dir):
     common = ["--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--active", 2, "--rank", 2,
               "--allocator", "discounted", "--period", 3, "--optimizer", "local", "--dropout", 0.1,
