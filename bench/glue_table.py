@@ -84,17 +84,52 @@ def run_dir(method, task, seed):
     return os.path.join(args.out, method, task, f"s{seed}")
 
 
+def train_cmd(method, task, seed):
+    """The train.py command of one run; its flags are also what a finished run in that folder must match."""
+    flags = [a.replace("ACTIVE", str(active)) for a in METHODS[method][1]]
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--task", task, "--model", args.model,
+           "--data-dir", args.data_dir, "--seed", str(seed), "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--max-len", str(args.max_len),
+           "--output-dir", run_dir(method, task, seed), "--save-every", "200", "--no-progress", *flags]
+    cmd += ["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []
+    cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    return cmd
+
+
+def same(saved, given):
+    if isinstance(saved, (int, float)) and not isinstance(saved, bool):
+        try:
+            return float(given) == saved
+        except ValueError:
+            return False
+    if isinstance(saved, str) and os.path.exists(saved) and os.path.exists(given):
+        return os.path.realpath(saved) == os.path.realpath(given)
+    return str(saved) == given
+
+
+def other_settings(method, task, seed):
+    """The flags in which a run folder's args.json differs from this call's budget ('' when it does not)."""
+    path = os.path.join(run_dir(method, task, seed), "args.json")
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        saved = json.load(f)
+    cmd, diffs = train_cmd(method, task, seed)[2:], []
+    for flag, value in zip(cmd, cmd[1:] + [""]):
+        key = flag[2:].replace("-", "_")
+        if flag.startswith("--") and not value.startswith("--") and key not in ("output_dir", "save_every"):
+            if not same(saved.get(key), value):
+                diffs.append(f"{flag} {saved.get(key)} there, {value} here")
+    diffs += [f"--{k.replace('_', '-')} {saved[k]} there, not set here" for k in ("max_train_samples", "max_steps")
+              if saved.get(k) and f"--{k.replace('_', '-')}" not in cmd]
+    return "; ".join(diffs)
+
+
 def run(method, task, seed):
     out = run_dir(method, task, seed)
     if os.path.exists(os.path.join(out, "results.json")):
         return "done"
-    flags = [a.replace("ACTIVE", str(active)) for a in METHODS[method][1]]
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--task", task, "--model", args.model,
-           "--data-dir", args.data_dir, "--seed", str(seed), "--epochs", str(args.epochs),
-           "--batch-size", str(args.batch_size), "--max-len", str(args.max_len), "--output-dir", out,
-           "--save-every", "200", "--no-progress", *flags]
-    cmd += ["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []
-    cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    cmd = train_cmd(method, task, seed)
     cmd += ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ)
@@ -146,6 +181,12 @@ def table():
     return "\n".join(lines), "\n".join(per_run)
 
 
+# a finished run is reused only if it had this budget: another budget wants another --out
+stale = [(run_dir(m, t, s), d) for s in args.seeds for m in args.methods for t in args.tasks
+         if (d := other_settings(m, t, s))]
+if stale:
+    fail(f"{len(stale)} run folder(s) in {args.out} were made with other settings, e.g. {stale[0][0]}: "
+         f"{stale[0][1]}. Pass another --out for a new budget")
 if not args.table_only:
     # seed-major, then method, so every row gets its first seed before any row gets a second
     todo = [(m, t, s) for s in args.seeds for m in args.methods for t in args.tasks]

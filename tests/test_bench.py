@@ -1,7 +1,8 @@
 """Smoke tests of the benchmarks. memory.py and speed.py run as subprocesses on a tiny RoBERTa-base slice
 (--quick, 2 layers, batch 2, seq 16) and their JSON must hold every configuration with sane numbers; only
 invariants of the byte accounting are asserted, never a timing. glue_table.py runs two methods on a tiny
-model and fixture files, and must build its table and skip finished runs when called again."""
+model and fixture files, and must build its table, skip finished runs when called again, and refuse finished
+runs of another budget."""
 import json
 import os
 import subprocess
@@ -108,3 +109,10 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     row = next(line for line in more.stdout.splitlines() if line.startswith("| LoRA QV r=8 |"))
     cells = [c.strip() for c in row.split("|")[2:-1]]
     assert cells[1] == "2" and " ± " in cells[2] and float(cells[3]) == float(cells[2].split(" ± ")[0])
+    # finished runs of another budget are never reused or tabulated: one line naming the difference, exit 2
+    before = table.read_text()
+    other = subprocess.run(cmd[:cmd.index("--max-steps")] + ["--max-steps", "3"] + cmd[cmd.index("--max-len"):]
+                           + ["--table-only"], capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "made with other settings" in other.stderr
+    assert "--max-steps 2 there, 3 here" in other.stderr and len(other.stderr.strip().splitlines()) == 1
+    assert table.read_text() == before  # the table of the right budget is left as it was
