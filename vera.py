@@ -1,8 +1,10 @@
 """VeRA adapters (Kopiczko et al. 2023): dW = Lambda_b B Lambda_d A.
 
 A (r x max_in) and B (max_out x r) are frozen random matrices shared by every adapted layer, drawn
-from a seed (kaiming-uniform, as in VeRA and PEFT), so they are reproducible and never stored; each
+from a seed with VeRA's kaiming-uniform (gain sqrt(2), bound sqrt(6 / fan_in), A then B from one generator:
+the same numbers as PEFT's VeRA for the same seed), so they are reproducible and never stored; each
 layer uses the slice A[:, :in], B[:out, :]. Only the vectors lambda_d (r) and lambda_b (out) train.
+The default rank is the VeRA paper's GLUE setting, r = 1024 (its Table 8, RoBERTa-base), as in train.py.
 Accumulators, active state, merging and injection come from lora.Adapter and lora.inject.
 """
 import math
@@ -15,8 +17,9 @@ from lora import Adapter, inject
 
 
 def kaiming_uniform(shape, generator, dtype=torch.float32):
-    # kaiming_uniform_(a=sqrt(5)) with our own generator: bound = 1 / sqrt(fan_in)
-    bound = 1.0 / math.sqrt(shape[1])
+    # VeRA's init: kaiming-uniform for ReLU gain, bound = sqrt(3) * sqrt(2) / sqrt(fan_in) = sqrt(6 / fan_in);
+    # the arithmetic is PEFT's, so the floats match it bit for bit. (Not loralib's a=sqrt(5): that is 2.45x smaller.)
+    bound = math.sqrt(3.0) * (math.sqrt(2) / math.sqrt(shape[1]))
     return torch.empty(shape, dtype=dtype).uniform_(-bound, bound, generator=generator)
 
 
@@ -61,7 +64,7 @@ class VeRALinear(Adapter):
         return (self.lambda_b[:, None] * B) @ (self.lambda_d[:, None] * A)  # (out, in)
 
 
-def inject_vera(model, targets, r=256, d_initial=0.1, dropout=0.0, seed=0):
+def inject_vera(model, targets, r=1024, d_initial=0.1, dropout=0.0, seed=0):
     """Inject VeRA adapters; returns {module path: VeRALinear} like lora.inject."""
     if int(r) != r or r < 1:
         raise ValueError(f"VeRA rank r must be an integer >= 1, got {r}")

@@ -87,14 +87,15 @@ def test_shared_projections(tiny_encoder, arch, tmp_path):
     assert first.vera_A.shape == (r, max_in) and first.vera_B.shape == (max_out, r)
     assert not first.vera_A.requires_grad and not first.vera_B.requires_grad
 
-    # reference: torch's own kaiming_uniform_(a=sqrt(5)) drawn from a generator seeded the same way, A then B
+    # reference: VeRA's (and PEFT's) kaiming-uniform with gain sqrt(2), bound sqrt(6 / fan_in), drawn from a
+    # generator seeded the same way, A then B; torch's own kaiming_uniform_(a=0) uses the same bound
     g = torch.Generator().manual_seed(seed)
-    ref_A = nn.init.kaiming_uniform_(torch.empty(r, max_in), a=math.sqrt(5), generator=g)
-    ref_B = nn.init.kaiming_uniform_(torch.empty(max_out, r), a=math.sqrt(5), generator=g)
-    torch.testing.assert_close(first.vera_A, ref_A, rtol=0, atol=1e-7)
-    torch.testing.assert_close(first.vera_B, ref_B, rtol=0, atol=1e-7)
+    ref_A = nn.init.kaiming_uniform_(torch.empty(r, max_in), a=0, generator=g)
+    ref_B = nn.init.kaiming_uniform_(torch.empty(max_out, r), a=0, generator=g)
+    torch.testing.assert_close(first.vera_A, ref_A, rtol=0, atol=1e-6)
+    torch.testing.assert_close(first.vera_B, ref_B, rtol=0, atol=1e-6)
     for t, fan_in in ((first.vera_A, max_in), (first.vera_B, r)):
-        bound = 1 / math.sqrt(fan_in)
+        bound = math.sqrt(6 / fan_in)
         assert t.abs().max() <= bound and t.abs().max() > 0.9 * bound
 
     same, same_adapters = vera_model(tiny_encoder, arch, "query,value,ffn_in,ffn_out", r=r, seed=seed)
@@ -111,6 +112,21 @@ def test_shared_projections(tiny_encoder, arch, tmp_path):
     lora.save_adapters(str(tmp_path / "a.safetensors"), model, adapters)
     assert not any("vera_" in k for k in load_file(str(tmp_path / "a.safetensors")))
     assert sum(1 for n, _ in model.named_buffers() if n.endswith(("vera_A", "vera_B"))) == 2  # listed once
+
+
+def test_projections_equal_peft_vera_for_the_same_seed(tiny_encoder):
+    peft_vera = pytest.importorskip("peft.tuners.vera.model")
+    r, seed = 16, 5
+    _, adapters = vera_model(tiny_encoder, "roberta", "query,value,ffn_in,ffn_out", r=r, seed=seed)
+    shared = next(iter(adapters.values())).shared
+    g = torch.Generator().manual_seed(seed)
+    assert torch.equal(shared.vera_A, peft_vera._kaiming_init((r, 64), generator=g))
+    assert torch.equal(shared.vera_B, peft_vera._kaiming_init((64, r), generator=g))
+
+
+def test_default_rank_is_the_vera_papers_1024(tiny_encoder):
+    adapters = inject_vera(tiny_encoder("roberta"), "query,value")
+    assert all(a.r == 1024 for a in adapters.values())
 
 
 # ---------------------------------------------------------------- 3. merge / unmerge
