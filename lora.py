@@ -176,16 +176,22 @@ def inject(model, targets, make_adapter):
 
 
 
+def head_modules(model):
+    """{path: module} of the task head, trained alongside the adapters: the *ForSequenceClassification head
+    (`classifier` or `score`) and, for BERT-family models, the pooler it reads (dense + tanh on [CLS]). RoBERTa's
+    head has that dense layer inside `classifier`; BERT's is the base model's pooler, which without this would
+    stay frozen, and in checkpoints such as sentence-transformers' MiniLM it is untrained (they mean-pool)."""
+    head = next((n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module)), None)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
+    prefix = getattr(model, "base_model_prefix", "")
+    pooler = getattr(getattr(model, prefix, None), "pooler", None) if prefix else None
+    return {**({f"{prefix}.pooler": pooler} if isinstance(pooler, nn.Module) else {}), head: getattr(model, head)}
+
+
 def head_parameters(model):
-    """The task head's parameters (trained alongside the adapters)."""
-    for name in HEAD_NAMES:
-        if isinstance(getattr(model, name, None), nn.Module):
-            return list(getattr(model, name).parameters())
-    raise ValueError(f"{type(model).__name__} has no classification head named {' or '.join(HEAD_NAMES)}")
-
-
-def head_name(model):
-    return next(n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module))
+    """The task head's parameters (see head_modules)."""
+    return [p for m in head_modules(model).values() for p in m.parameters()]
 
 
 @torch.no_grad()
@@ -213,9 +219,9 @@ def adapter_state_dict(model, adapters):
     for path, a in adapters.items():
         for name, t in list(a.named_parameters(recurse=False)) + list(a.named_buffers(recurse=False)):
             sd[f"{path}.{name}"] = t.detach()
-    head = head_name(model)
-    for name, p in getattr(model, head).named_parameters():
-        sd[f"{head}.{name}"] = p.detach()
+    for head, module in head_modules(model).items():
+        for name, p in module.named_parameters():
+            sd[f"{head}.{name}"] = p.detach()
     return sd
 
 
@@ -271,19 +277,20 @@ def export_peft(out_dir, model, adapters, base_model_name_or_path=""):
         raise ValueError("the PEFT export is for LoRA adapters")
     if len({(a.r, a.alpha, a.scaling) for a in adapters.values()}) != 1:
         raise ValueError("the PEFT export needs one r and alpha for all adapters")
-    head = head_name(model)
+    heads = head_modules(model)
     sd = {}
     for path, a in adapters.items():
         sd[f"base_model.model.{path}.lora_A.weight"] = a.lora_A.detach()
         sd[f"base_model.model.{path}.lora_B.weight"] = a.lora_B.detach()
-    for name, p in getattr(model, head).named_parameters():
-        sd[f"base_model.model.{head}.{name}"] = p.detach()
+    for head, module in heads.items():
+        for name, p in module.named_parameters():
+            sd[f"base_model.model.{head}.{name}"] = p.detach()
     config = {
         "peft_type": "LORA", "task_type": "SEQ_CLS", "r": first.r, "lora_alpha": first.alpha,
         "use_rslora": not math.isclose(first.scaling, first.alpha / first.r),
         "lora_dropout": first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0,
         "target_modules": sorted(adapters),  # full paths: "output.dense" alone would match two kinds
-        "modules_to_save": [head], "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+        "modules_to_save": list(heads), "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
         "init_lora_weights": True, "base_model_name_or_path": base_model_name_or_path,
     }
 

@@ -125,8 +125,8 @@ def test_merge_unmerge_and_mode_switches(tiny_encoder, tiny_ids, arch, rslora):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_only_adapters_and_head_train_and_base_does_not_move(tiny_encoder, tiny_ids, arch):
     model, adapters = lora_model(tiny_encoder, arch, "query,value,ffn_out", dropout=0.1)
-    head = lora.head_name(model)
-    expected = lora_param_names(adapters) | {f"{head}.{n}" for n, _ in getattr(model, head).named_parameters()}
+    expected = lora_param_names(adapters) | {f"{path}.{n}" for path, m in lora.head_modules(model).items()
+                                             for n, _ in m.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == expected
 
@@ -146,6 +146,25 @@ def test_only_adapters_and_head_train_and_base_does_not_move(tiny_encoder, tiny_
         assert params[n].grad is None, n
     for n, v in start.items():
         assert not torch.equal(params[n], v), f"{n} did not train"
+
+
+def test_bert_pooler_trains_as_part_of_the_head(tiny_encoder, tiny_ids):
+    """BERT's classifier reads the pooler (dense + tanh on [CLS]); RoBERTa's head has its own dense layer. So the
+    trained head of a BERT-family model is pooler + classifier, the equivalent of RoBERTa's classifier."""
+    bert, _ = lora_model(tiny_encoder, "bert")
+    assert list(lora.head_modules(bert)) == ["bert.pooler", "classifier"]
+    assert all(p.requires_grad for p in bert.bert.pooler.parameters())
+    head_ids = {id(p) for p in lora.head_parameters(bert)}
+    assert all(id(p) in head_ids for p in bert.bert.pooler.parameters())
+    assert any(k.startswith("bert.pooler.") for k in lora.adapter_state_dict(bert, _))
+    roberta, _ = lora_model(tiny_encoder, "roberta")
+    assert list(lora.head_modules(roberta)) == ["classifier"] and roberta.roberta.pooler is None
+    before = bert.bert.pooler.dense.weight.detach().clone()
+    opt = torch.optim.AdamW(lora.head_parameters(bert), lr=1e-2)
+    bert.train()
+    F.cross_entropy(bert(input_ids=tiny_ids).logits, torch.tensor([0, 1])).backward()
+    opt.step()
+    assert not torch.equal(bert.bert.pooler.dense.weight, before)
 
 
 # ---------------------------------------------------------------- 5. parameter count
@@ -353,7 +372,7 @@ def test_save_load_round_trip_and_mismatch(tiny_encoder, tiny_ids, arch, tmp_pat
     fresh, fresh_adapters = lora_model(tiny_encoder, arch, "query,value,ffn_in")
     saved = {k: v.clone() for k, v in lora.adapter_state_dict(model, adapters).items()}
     assert any(k.endswith("fwd_score") for k in saved) and any(k.endswith("lora_A") for k in saved)
-    assert any(k.startswith(lora.head_name(model) + ".") for k in saved)
+    assert all(any(k.startswith(path + ".") for k in saved) for path in lora.head_modules(model))
     assert not any(torch.equal(v, lora.adapter_state_dict(fresh, fresh_adapters)[k])
                    for k, v in saved.items() if k.endswith("lora_B"))
     lora.load_adapters(str(path), fresh, fresh_adapters)
@@ -414,12 +433,12 @@ def test_export_peft_loads_with_peft(tiny_encoder, tiny_ids, arch, targets, rslo
     n_lora = sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in peft_model.modules())
     assert n_lora == len(adapters)
     assert (logits(peft_model, tiny_ids) - expected).abs().max() < 1e-5
-    head = lora.head_name(model)
-    own_head = getattr(model, head).state_dict()
-    peft_head = {k.split(".default.", 1)[1]: v for k, v in peft_model.state_dict().items()
-                 if f"{head}.modules_to_save.default." in k}
-    assert set(peft_head) == set(own_head)
-    assert all(torch.equal(peft_head[k], v) for k, v in own_head.items())
+    for path, module in lora.head_modules(model).items():  # BERT: pooler and classifier; RoBERTa: classifier
+        own_head = module.state_dict()
+        peft_head = {k.split(".default.", 1)[1]: v for k, v in peft_model.state_dict().items()
+                     if f"{path}.modules_to_save.default." in k}
+        assert set(peft_head) == set(own_head)
+        assert all(torch.equal(peft_head[k], v) for k, v in own_head.items())
 
 
 def test_export_peft_refuses_mixed_ranks(tiny_encoder, tmp_path):

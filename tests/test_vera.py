@@ -160,9 +160,8 @@ def test_merge_unmerge_and_mode_switches(tiny_encoder, tiny_ids, arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_only_lambdas_and_head_train_and_base_does_not_move(tiny_encoder, tiny_ids, arch):
     model, adapters = vera_model(tiny_encoder, arch, "query,value,ffn_out", dropout=0.1)
-    head = lora.head_name(model)
     expected = {f"{p}.{n}" for p in adapters for n in ("lambda_d", "lambda_b")}
-    expected |= {f"{head}.{n}" for n, _ in getattr(model, head).named_parameters()}
+    expected |= {f"{path}.{n}" for path, m in lora.head_modules(model).items() for n, _ in m.named_parameters()}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
 
     shared = next(iter(adapters.values())).shared
