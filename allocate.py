@@ -8,7 +8,9 @@ Holds:
 - `apply`: flips each adapter through `set_active`; the active set is a plain list of module names.
 - `Allocation`: the per-step bookkeeping train.py calls right after `optimizer.step()`.
 - Optimizers (3.4): `build_optimizer` gives one `global` torch.optim.AdamW over every adapter parameter
-  (active or not) and the head, or `local` AdamW state and LR schedule per module (`LocalAdamW`).
+  (active or not) and the head, or `local` AdamW state and LR schedule per module (`LocalAdamW`). Both keep
+  each module's Adam state while it is inactive (torch's AdamW is per-parameter); they differ only in the
+  LR schedule.
 - `selection_fractions`: the share of steps each module was trained, from the allocation history.
 """
 import math
@@ -252,33 +254,58 @@ def linear_warmup_decay(warmup_steps, total_steps):
 
 
 class LocalAdamW:
-    """'Local optimization': one AdamW and one LR schedule per adapter module, stepped only while it is active.
+    """'Local optimization' (sec. 3.4): one AdamW and one LR schedule per adapter module, stepped only while active.
 
-    A module's schedule runs on its own update count (same warmup and horizon as the global one), and its
-    moments and step count stay untouched while it is inactive, so it resumes where it left off. The head
-    always trains, on the global schedule.
+    What it adds to `global`, honestly: torch's AdamW already keeps moments and a step count per parameter and
+    skips parameters whose grad is None, so the global optimizer too keeps each returning module's moments and
+    bias correction untouched while it is inactive. The two differ only in the learning-rate schedule:
+    - warmup runs on the module's OWN updates, over `active_share` (its expected share of the steps, k/M) of the
+      global warmup, so a module first chosen late starts its fresh Adam moments gently, and even at k/M = 1/24
+      every module leaves warmup after a few updates;
+    - decay runs on the training clock (global steps), as the global schedule's, so every module's LR ends near 0
+      at the end of training, whatever share of the steps it was trained. (A decay over the module's own update
+      count with the full horizon would leave a module trained 2/3 of the time at about 1/3 of its peak.)
+    With every module always active (share 1) this is the global schedule exactly; with no warmup the local and
+    global optimizers give bitwise the same weights. The head always trains, on the global schedule.
     """
 
     def __init__(self, adapters, head_params, lr, head_lr, weight_decay, total_steps, warmup_steps,
-                 betas=(0.9, 0.999), eps=1e-8):
-        factor = linear_warmup_decay(warmup_steps, total_steps)
-        self.adapters = adapters
+                 betas=(0.9, 0.999), eps=1e-8, active_share=1.0):
+        self.adapters, self.lr, self.head_lr = adapters, lr, head_lr
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.module_warmup = round(warmup_steps * active_share)  # in the module's own updates
         self.optimizers = {name: torch.optim.AdamW(a.adapter_params(), lr=lr, betas=betas, eps=eps,
                                                    weight_decay=weight_decay) for name, a in adapters.items()}
-        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(o, factor) for name, o in self.optimizers.items()}
-        self.head, self.head_scheduler = None, None
+        self.head = None
         if head_params:
             self.head = torch.optim.AdamW(head_params, lr=head_lr, betas=betas, eps=eps, weight_decay=weight_decay)
-            self.head_scheduler = torch.optim.lr_scheduler.LambdaLR(self.head, factor)
+        self.t = 0                               # optimizer steps taken (the training clock)
+        self.updates = dict.fromkeys(adapters, 0)  # updates each module received
+        self._set_lrs()
+
+    def factor(self, name):
+        """LR factor of module `name` for its next update: own-update warmup times the clock's linear decay."""
+        n, t, w = self.updates[name], self.t, self.module_warmup
+        decay = 1.0 if t < self.warmup_steps else max(0.0, (self.total_steps - t) / max(1, self.total_steps - self.warmup_steps))
+        return n / w * decay if n < w else decay
+
+    def _set_lrs(self):
+        for name, o in self.optimizers.items():
+            for g in o.param_groups:
+                g["lr"] = self.lr * self.factor(name)
+        if self.head is not None:
+            for g in self.head.param_groups:
+                g["lr"] = self.head_lr * linear_warmup_decay(self.warmup_steps, self.total_steps)(self.t)
 
     def step(self):
         for name, a in self.adapters.items():
             if a.active:
                 self.optimizers[name].step()
-                self.schedulers[name].step()
+                self.updates[name] += 1
         if self.head is not None:
             self.head.step()
-            self.head_scheduler.step()
+        self.t += 1
+        self._set_lrs()
 
     def zero_grad(self, set_to_none=True):
         for o in self.optimizers.values():
@@ -293,30 +320,32 @@ class LocalAdamW:
         return out
 
     def state_dict(self):
-        return {"modules": {name: {"optimizer": o.state_dict(), "scheduler": self.schedulers[name].state_dict()}
-                            for name, o in self.optimizers.items()},
-                "head": None if self.head is None else {"optimizer": self.head.state_dict(),
-                                                        "scheduler": self.head_scheduler.state_dict()}}
+        return {"t": self.t, "updates": dict(self.updates),
+                "modules": {name: o.state_dict() for name, o in self.optimizers.items()},
+                "head": None if self.head is None else self.head.state_dict()}
 
     def load_state_dict(self, state):
-        if list(state["modules"]) != list(self.optimizers) or (state["head"] is None) != (self.head is None):
-            raise ValueError("the checkpoint's local optimizer was made for other adapter modules")
+        if "t" not in state or list(state["modules"]) != list(self.optimizers) or \
+                (state["head"] is None) != (self.head is None):
+            raise ValueError("the checkpoint's local optimizer was made for other adapter modules or by an older version")
         for name, o in self.optimizers.items():
-            o.load_state_dict(state["modules"][name]["optimizer"])
-            self.schedulers[name].load_state_dict(state["modules"][name]["scheduler"])
+            o.load_state_dict(state["modules"][name])
         if self.head is not None:
-            self.head.load_state_dict(state["head"]["optimizer"])
-            self.head_scheduler.load_state_dict(state["head"]["scheduler"])
+            self.head.load_state_dict(state["head"])
+        self.t, self.updates = int(state["t"]), {n: int(state["updates"][n]) for n in self.optimizers}
+        self._set_lrs()
 
 
 def build_optimizer(kind, adapters=None, head_params=(), *, lr, head_lr=None, weight_decay=0.0, total_steps,
-                    warmup_steps=0, params=None, betas=(0.9, 0.999), eps=1e-8):
+                    warmup_steps=0, params=None, betas=(0.9, 0.999), eps=1e-8, active_share=1.0):
     """(optimizer, scheduler or None) for {adapter path: adapter} plus head, or for a plain `params` list.
 
     global: one torch.optim.AdamW over EVERY adapter parameter, active or not, so that a module chosen
-      later trains (inactive ones have grad None: AdamW skips them, no moment update, no weight decay),
-      the head in its own group at head_lr, and a LambdaLR linear warmup/decay: call scheduler.step().
-    local: a LocalAdamW (schedules inside, scheduler is None).
+      later trains (inactive ones have grad None: AdamW skips them, no moment update, no weight decay, and
+      their per-parameter step count, hence bias correction, waits), the head in its own group at head_lr,
+      and a LambdaLR linear warmup/decay: call scheduler.step().
+    local: a LocalAdamW (schedules inside, scheduler is None); `active_share` (k/M) sets each module's
+      warmup in its own updates. It differs from global only in that schedule (see LocalAdamW).
     params (full fine-tuning, BitFit): a plain AdamW over `params` (+ head group if given), as global.
     """
     if kind not in OPTIMIZERS:
@@ -334,7 +363,10 @@ def build_optimizer(kind, adapters=None, head_params=(), *, lr, head_lr=None, we
     if kind == "local":
         if adapters is None:
             raise ValueError("the local optimizer keeps state per adapter module; it needs adapters, not params")
-        return LocalAdamW(adapters, head_params, lr, head_lr, weight_decay, total_steps, warmup_steps, betas, eps), None
+        if not 0 < active_share <= 1:
+            raise ValueError(f"active_share must be in (0, 1], got {active_share}")
+        return LocalAdamW(adapters, head_params, lr, head_lr, weight_decay, total_steps, warmup_steps, betas, eps,
+                          active_share), None
     body = list(params) if params is not None else [p for a in adapters.values() for p in a.adapter_params()]
     groups = [{"params": body, "lr": lr, "name": "params" if params is not None else "adapters"}]
     if head_params:

@@ -231,9 +231,11 @@ def evaluate():
 
 
 opt_params = dict(adapters=adapters, head_params=head_params) if adapters else dict(params=plain_params)
+# local: each module warms up over its share of the steps (k/M; 1 for --threshold, whose k varies)
 optimizer, scheduler = allocate.build_optimizer(args.optimizer if adapters else "global", lr=args.lr, head_lr=args.head_lr,
                                                 weight_decay=args.weight_decay, total_steps=total_steps,
-                                                warmup_steps=warmup_steps, **opt_params)
+                                                warmup_steps=warmup_steps, **opt_params,
+                                                active_share=args.active / len(names) if args.active else 1.0)
 
 # ----------------------------------------------------------------------------- resume or start
 metrics_path = os.path.join(args.output_dir, "metrics.jsonl")

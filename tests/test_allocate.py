@@ -16,6 +16,7 @@ import allocate
 import importance
 import lora
 from allocate import Allocation, build_optimizer
+from lora import LoRALinear
 
 
 def tiny_model(seed=0, layers=2, targets="query,value"):
@@ -229,7 +230,8 @@ def test_module_inactive_at_build_and_chosen_later_is_trained(kind):
 
 def _optimizer_state(opt, adapters, names):
     if isinstance(opt, allocate.LocalAdamW):
-        return {n: (copy.deepcopy(opt.optimizers[n].state_dict()), opt.schedulers[n].last_epoch) for n in names}
+        # moments, step counts and the module's own update count; its next LR follows the training clock
+        return {n: (copy.deepcopy(opt.optimizers[n].state_dict()["state"]), opt.updates[n]) for n in names}
     return {(n, i): {k: v.clone() for k, v in opt.state[p].items()}
             for n in names for i, p in enumerate(adapters[n].adapter_params())}
 
@@ -259,7 +261,7 @@ def test_step_leaves_inactive_adapters_and_their_state_bitwise_unchanged(kind):
     trained = adapters[names[0]].lora_A.clone()
     train_step(model, opt, sched, data[1])
     assert all(torch.equal(p, q) for n in idle for p, q in zip(adapters[n].adapter_params(), weights[n]))
-    assert _same(_optimizer_state(opt, adapters, idle), state)  # no moment update, no weight decay, no LR step
+    assert _same(_optimizer_state(opt, adapters, idle), state)  # no moment update, no weight decay, no own update
     assert not torch.equal(adapters[names[0]].lora_A, trained)
 
 
@@ -309,6 +311,63 @@ def test_local_matches_adamw_when_every_module_is_always_active():
         for p, q in zip(model.parameters(), ref_model.parameters()):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
     assert not torch.equal(adapters[next(iter(adapters))].lora_B, torch.zeros(32, 4))  # it did train
+
+
+def _global_factor(t, warmup, total):
+    return t / warmup if t < warmup else max(0.0, (total - t) / max(1, total - warmup))
+
+
+@pytest.mark.parametrize("k", [1, 8, 24])
+def test_local_schedule_leaves_warmup_and_ends_near_zero_at_any_share(k):
+    """24 modules (RoBERTa-base query+value), k trained at a time, re-chosen uniformly every 50 steps. Each module
+    warms up over its own first updates and then follows the training clock's decay, so it leaves warmup even at
+    1/24 and every module's LR ends near 0 at the end of training, whatever share of the steps it trained."""
+    T, W, period = 1200, 72, 50
+    adapters = {f"m{i}": LoRALinear(torch.nn.Linear(2, 2), r=1) for i in range(24)}
+    names = list(adapters)
+    opt, _ = build_optimizer("local", adapters, [], lr=1.0, total_steps=T, warmup_steps=W, active_share=k / 24)
+    g = torch.Generator().manual_seed(0)
+    seen = {n: [] for n in names}  # (global step, LR) of every update each module received
+    for t in range(T):
+        if t % period == 0:
+            allocate.apply(adapters, [names[i] for i in torch.randperm(24, generator=g)[:k]])
+        lrs = allocate.current_lrs(opt)
+        for n in allocate.active_names(adapters):
+            seen[n].append((t, lrs[n]))
+        opt.step()
+    own_warmup = round(W * k / 24)
+    assert sum(1 for got in seen.values() if got) >= min(24, k * T // period // 2)
+    for n, got in seen.items():
+        if not got:
+            continue
+        assert len(got) > own_warmup  # one period is enough to leave warmup
+        for t, lr in got[own_warmup:]:  # after its own warmup: exactly the training clock's schedule
+            assert lr == pytest.approx(min(1.0, _global_factor(t, W, T)) if t >= W else 1.0)
+        if got[-1][0] >= T - period:  # trained in the last period: its last LR is already near 0
+            assert got[-1][1] <= period / (T - W) + 1e-12
+        assert allocate.current_lrs(opt)[n] <= 1 / (T - W)  # ends near 0
+    if k == 24:  # every module always active: the local schedule is the global one, float for float
+        assert all(lr == _global_factor(t, W, T) for got in seen.values() for t, lr in got)
+
+
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_global_and_local_differ_only_in_the_learning_rate_schedule(warmup):
+    """torch's AdamW keeps moments and a step count per parameter and skips parameters whose grad is None, so the
+    global optimizer already keeps each returning module's state and bias correction. Without warmup (where the
+    local optimizer counts a module's own updates) the two give bitwise the same adapters and head, across
+    re-allocations; with warmup they differ."""
+    def run(kind):
+        model, adapters = tiny_model()
+        names = list(adapters)
+        opt, sched = build_optimizer(kind, adapters, lora.head_parameters(model), lr=1e-2, head_lr=3e-3,
+                                     weight_decay=0.1, total_steps=8, warmup_steps=warmup, active_share=0.5)
+        for t, b in enumerate(batches(8)):
+            if t % 3 == 0:
+                allocate.apply(adapters, [names[(t // 3) % 4], names[(t // 3 + 1) % 4]])
+            train_step(model, opt, sched, b)
+        return model.state_dict()
+    g, loc = run("global"), run("local")
+    assert all(torch.equal(g[k], loc[k]) for k in g) == (warmup == 0)
 
 
 # ----------------------------------------------------------------------------- no host reads in a step
