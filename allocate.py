@@ -155,7 +155,10 @@ class Allocation:
 
     `budget` is k (modules trained at a time) for every allocator but `threshold`, where it is p.
     Call `initial(adapters, scores)` before the first step, and `step(step, adapters)` right after every
-    optimizer step. `active` is the current list of names, `history` the list of (step, names).
+    optimizer step. `active` is the current list of names, `history` the list of (step, names), `scores` the
+    (host) scores the last allocation chose from, in module order (None for a uniform first allocation).
+    With a PARTIAL importance measure, train.py calls importance.probe(..., keep=True) when `due(step)`,
+    before `step`, so that every module has a fresh score.
     """
 
     def __init__(self, names, allocator, budget, measure="forward", schedule="periodic", period=50,
@@ -171,15 +174,20 @@ class Allocation:
         self.allocator, self.measure, self.schedule, self.window = allocator, measure, schedule, window
         self.period, self.realloc_at, self.seed = period, realloc_at, seed
         self.generator = torch.Generator().manual_seed(seed)
-        self.active, self.history = [], []
+        self.active, self.history, self.scores = [], [], None
 
     def config(self):
         return {"names": list(self.names), "allocator": self.allocator, "budget": self.budget, "measure": self.measure,
                 "schedule": self.schedule, "period": self.period, "realloc_at": self.realloc_at,
                 "window": self.window, "seed": self.seed}
 
-    def _choose(self, step, adapters, idx):
+    def due(self, step):
+        """Does the schedule re-allocate after optimizer step number `step`?"""
+        return due(self.schedule, step, self.period, self.realloc_at)
+
+    def _choose(self, step, adapters, idx, scores=None):
         self.active = [self.names[i] for i in idx]
+        self.scores = None if scores is None else scores.tolist()
         apply(adapters, self.active)
         if self.window == "since_last":
             importance.reset(adapters)
@@ -198,7 +206,7 @@ class Allocation:
         if scores.shape != (len(self.names),):
             raise ValueError(f"got {tuple(scores.shape)} scores for {len(self.names)} modules; need one per module")
         counts = importance.counts(adapters).cpu()
-        return self._choose(0, adapters, ALLOCATORS[self.allocator](scores, self.budget, self.generator, counts))
+        return self._choose(0, adapters, ALLOCATORS[self.allocator](scores, self.budget, self.generator, counts), scores)
 
     def step(self, step, adapters, reallocate=True):
         """After optimizer step number `step` (1, 2, ...): count the update, re-allocate if due (and `reallocate`;
@@ -209,11 +217,12 @@ class Allocation:
         """
         for name in self.active:
             adapters[name].n_updates += 1  # C in eq. 3
-        if not (reallocate and due(self.schedule, step, self.period, self.realloc_at)):
+        if not (reallocate and self.due(step)):
             return None
         scores = importance.scores(adapters, self.measure).cpu()  # the one host read of the scores
         counts = importance.counts(adapters).cpu()
-        return self._choose(step, adapters, ALLOCATORS[self.allocator](scores, self.budget, self.generator, counts))
+        return self._choose(step, adapters, ALLOCATORS[self.allocator](scores, self.budget, self.generator, counts),
+                            scores)
 
     def state_dict(self):
         """Plain data for a checkpoint; the score and count buffers are in the adapters' own state dicts."""

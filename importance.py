@@ -1,12 +1,19 @@
 """Module importance for dynamic adapter allocation (DynaLoRA, Brouwers et al. 2024, section 3.1).
 
 Holds:
-- `MEASURES`: which accumulator of `lora.Adapter` each importance measure reads.
-    forward     fwd_score: sum over tokens of ||h||_2, h the module's output (eq. 1)
-    gradient    grad_score: sum over tokens of ||dL/dh||_2 (the paper's "backward activations")
-    param_grad  param_grad_score: sum of the adapter's own gradient norms (HeteroLoRA's zero-cost proxy,
+- `MEASURES`: which accumulator of `lora.Adapter` each importance measure reads (a sum and its count).
+    forward     fwd: ||h||_2 per real token, h = (W + dW) x the module's output (eq. 1)
+    gradient    grad: ||dL/dh||_2 per real token (the paper's "backward activations")
+    param_grad  param_grad: the adapter's own gradient norm per backward pass (HeteroLoRA's zero-cost proxy,
                 Zhang et al. 2024; the paper's "gradients of the adapter weight matrices" read literally)
     random      no measure: every module scores 1, nothing is tracked
+  The score of a module is its sum divided by its count over the window. For `forward` every module sees
+  the same tokens, so this is eq. 1's sum up to one factor that eq. 2 cancels.
+- `PARTIAL`: the measures that training records for only some modules: adapter gradients exist only for
+  active modules, and output gradients only down to the lowest active module (backward stops there). Left
+  alone, a module outside the first active set would keep score 0 and never be chosen again. So before each
+  re-allocation train.py runs `probe(..., keep=True)` on one batch, which measures every module; with the
+  per-count mean, one fresh measurement makes a module comparable to those trained all window long.
 - `set_tracking`: switch on exactly the accumulators a measure needs (none for random: zero overhead).
 - `scores`, `counts`: one (M,) tensor on the adapters' device, stacked without reading anything back.
 - `normalize` (eq. 2) and `discount` (eq. 3).
@@ -15,7 +22,8 @@ Holds:
 """
 import torch
 
-MEASURES = {"forward": "fwd_score", "gradient": "grad_score", "param_grad": "param_grad_score", "random": None}
+MEASURES = {"forward": "fwd", "gradient": "grad", "param_grad": "param_grad", "random": None}
+PARTIAL = ("gradient", "param_grad")
 WINDOWS = ("cumulative", "since_last")
 
 
@@ -43,12 +51,15 @@ def set_tracking(adapters, measure):
 
 
 def scores(adapters, measure):
-    """(M,) raw importance y_t (eq. 1 for `forward`) in the adapters' order, on their device; no host sync."""
+    """(M,) raw importance y_t in the adapters' order, on their device, no host sync: each module's sum over the
+    window divided by its count (0 for a module not measured yet)."""
     check_measure(measure)
     mods = _modules(adapters)
     if measure == "random":
         return torch.ones(len(mods), device=mods[0].fwd_score.device)
-    return torch.stack([getattr(a, MEASURES[measure]) for a in mods])  # a copy: later resets do not change it
+    total = torch.stack([getattr(a, f"{MEASURES[measure]}_score") for a in mods]).double()
+    count = torch.stack([getattr(a, f"{MEASURES[measure]}_count") for a in mods])
+    return torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
 
 
 def counts(adapters):
@@ -73,16 +84,20 @@ def reset(adapters):
         a.reset_scores()
 
 
-def probe(model, adapters, batches, measure):
-    """Importance for the first allocation: score `batches` with every adapter active, without training.
+def probe(model, adapters, batches, measure, keep=False):
+    """Score `batches` with every adapter active, without training.
+
+    keep=False, before step 0: the scores of the first allocation. Returns the (M,) scores (None for `random` or
+      no batches: the first allocation is then uniform) and leaves the accumulators at zero, so that
+      training-time scores count only training steps.
+    keep=True, before a re-allocation with a PARTIAL measure: adds the batches' measurements to every module's
+      accumulators, so that each module has a score from the current window; returns None.
 
     Each batch is a dict the model takes as **kwargs, with labels so that it returns a loss. `forward` needs
     only forward passes; the gradient measures also run backward (no optimizer step). With LoRA's B = 0 at
     init only grad B is non-zero at first, which is fine for a score. Afterwards the active states, tracking
-    flags, train/eval mode and the random number generators (dropout draws) are as before, every gradient is
-    None and the accumulators are zero, so that training-time scores count only training steps and a run with
-    every module active trains exactly as plain LoRA. Returns the (M,) scores, or None for `random` or no
-    batches (the first allocation is then uniform).
+    flags, train/eval mode and the random number generators (dropout draws) are as before and every gradient
+    is None, so that a run with every module active trains exactly as plain LoRA.
     """
     check_measure(measure)
     if measure == "random":
@@ -96,7 +111,8 @@ def probe(model, adapters, batches, measure):
     with torch.random.fork_rng(devices=cuda):  # the probe's dropout draws leave no trace
         try:
             set_tracking(mods, measure)
-            reset(mods)
+            if not keep:
+                reset(mods)
             for a in mods:
                 a.set_active(True)
             model.train()  # the accumulators only count training passes
@@ -110,7 +126,7 @@ def probe(model, adapters, batches, measure):
                     for p in model.parameters():  # per-pass gradient norms, not norms of a running sum
                         p.grad = None
                     n += 1
-            y = scores(mods, measure)
+            y = None if keep else scores(mods, measure)
         finally:
             for a, act, flags in zip(mods, was_active, was_tracking):
                 a.set_active(act)
@@ -118,5 +134,6 @@ def probe(model, adapters, batches, measure):
             model.train(was_training)
             for p in model.parameters():
                 p.grad = None
-            reset(mods)
+            if not keep:
+                reset(mods)
     return y if n else None

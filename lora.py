@@ -7,17 +7,27 @@ Holds:
 - `inject`: swaps the targeted linears of a Hugging Face encoder for adapters and freezes the rest.
 - `merge` / `unmerge`, safetensors save/load, the PEFT export and the merged Hugging Face export.
 
-Importance accumulators (paper section 3.1), running sums kept on the module's device; nothing here
-reads them back to the host, so tracking adds no synchronisation to the training step:
-- `fwd_score`: sum over training tokens of ||h||_2, h = (W + dW) x the module's output (paper eq. 1).
-- `grad_score`: sum over backward passes of ||dL/dh||_2 per token, the gradient flowing into the
-  module's output. Every module that backward reaches gets it, active or not.
-- `param_grad_score`: sum over backward passes of the adapter's own gradient norms (||grad A|| + ||grad B||
-  for LoRA, the HeteroLoRA proxy). Only active modules have adapter gradients, so it is zero otherwise.
+Importance accumulators (paper section 3.1): running sums and their counts, kept on the module's device;
+nothing here reads them back to the host, so tracking adds no synchronisation to the training step.
+importance.scores divides each sum by its count (a mean per token or per pass), so that modules measured
+on different numbers of tokens or passes compare fairly:
+- `fwd_score` / `fwd_count`: sum over real (non-padding) training tokens of ||h||_2 and the number of those
+  tokens, with h = (W + dW) x the module's output without its bias, as the paper writes eq. 1. (The bias is
+  a constant vector per module; leaving it in would add the same offset to every token and blur the ranking.)
+- `grad_score` / `grad_count`: sum over real tokens of ||dL/dh||_2, the gradient flowing into the module's
+  output. Training records it for every module that backward reaches, active or not; backward stops at the
+  lowest active module, so the modules below it are measured by importance.probe before each re-allocation.
+- `param_grad_score` / `param_grad_count`: sum over backward passes of the adapter's own gradient norms
+  (||grad A|| + ||grad B|| for LoRA, the HeteroLoRA proxy) and the number of passes. Only active modules have
+  adapter gradients in training; the re-allocation probe measures the others.
 - `n_updates`: optimizer updates this module received (C in eq. 3), counted by allocate.Allocation.step.
 Flags `track_forward`, `track_grad` and `track_param_grad` switch each sum on; all are off by default
 and cost nothing then. Only training passes count: in eval mode or under torch.no_grad() nothing accumulates.
+Padding: `inject` registers a forward pre-hook on the model that hands the `attention_mask` of each call to
+its adapters (`TokenMask`), so a plain `model(**batch)` in training mode counts real tokens only. Norms are
+taken in float32 whatever the activation dtype.
 """
+import functools
 import json
 import math
 import os
@@ -43,6 +53,39 @@ TARGETS_ORDER = {t: i for i, t in enumerate(TARGETS)}
 HEAD_NAMES = ("classifier", "score")  # the task head of HF *ForSequenceClassification models
 
 
+SCORES = ("fwd", "grad", "param_grad")  # each has a <name>_score sum and a <name>_count
+
+
+class TokenMask:
+    """Hands the attention mask of each model call to the adapters, so that the scores skip padding.
+
+    `inject` registers it as a forward pre-hook (it reads `attention_mask`) and `clear` as a forward hook on
+    the model. The mask lives only during the call; backward hooks get it bound when they are registered.
+    """
+
+    def __init__(self):
+        self.mask = None  # (batch, seq), 1 for real tokens
+
+    def __call__(self, module, args, kwargs):
+        self.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    def clear(self, module, args, output):
+        self.mask = None
+
+    def weights(self, h):
+        """(batch, seq) float32 real-token weights for h (batch, seq, features), or None: every position counts."""
+        m = self.mask
+        return m.to(torch.float32) if m is not None and tuple(m.shape) == tuple(h.shape[:-1]) else None
+
+
+def _masked_norm_sum(t, weights):
+    """(sum over positions of ||t||_2 in float32, number of positions counted), both on t's device."""
+    norms = torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32)
+    if weights is None:
+        return norms.sum(), norms.numel()
+    return (norms * weights).sum(), weights.sum()
+
+
 class Adapter(nn.Module):
     """A frozen nn.Linear plus a trainable delta; subclasses define `delta(x)` and `adapter_params()`."""
 
@@ -58,16 +101,18 @@ class Adapter(nn.Module):
         self.track_forward = False     # fwd_score
         self.track_grad = False        # grad_score
         self.track_param_grad = False  # param_grad_score
-        for name in ("fwd_score", "grad_score", "param_grad_score"):
-            self.register_buffer(name, torch.zeros((), device=base.weight.device))
+        self.token_mask = None         # a TokenMask shared by the model's adapters (set by inject)
+        for name in SCORES:
+            self.register_buffer(f"{name}_score", torch.zeros((), device=base.weight.device))
+            self.register_buffer(f"{name}_count", torch.zeros((), dtype=torch.float64, device=base.weight.device))
         self.register_buffer("n_updates", torch.zeros((), dtype=torch.long, device=base.weight.device))
 
     def _init_hooks(self):
         # called by subclasses once their parameters exist, and again after a copy (deepcopy drops tensor hooks)
-        for p in self.adapter_params():
+        for i, p in enumerate(self.adapter_params()):
             was = p.requires_grad
             p.requires_grad_(True)  # a hook needs it; the hook stays through later set_active switches
-            p.register_hook(self._param_grad_hook)  # sees this pass's gradient, not the accumulated .grad
+            p.register_hook(functools.partial(self._param_grad_hook, i == 0))  # this pass's gradient, not .grad
             p.requires_grad_(was)
 
     def __setstate__(self, state):
@@ -78,22 +123,30 @@ class Adapter(nn.Module):
         h = self.base(x)
         if not self.merged:
             h = h + self.delta(x)
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and (self.track_forward or self.track_grad):
+            weights = self.token_mask.weights(h) if self.token_mask is not None else None
             if self.track_forward:
                 with torch.no_grad():
-                    self.fwd_score += torch.linalg.vector_norm(h.detach(), dim=-1).sum()
+                    y = h.detach() if self.base.bias is None else h.detach() - self.base.bias  # (W + dW) x, eq. 1
+                    total, n = _masked_norm_sum(y, weights)
+                    self.fwd_score += total
+                    self.fwd_count += n
             if self.track_grad and h.requires_grad:
-                h.register_hook(self._out_grad_hook)
+                h.register_hook(functools.partial(self._out_grad_hook, weights))
         return h
 
-    def _out_grad_hook(self, g):
+    def _out_grad_hook(self, weights, g):
         with torch.no_grad():
-            self.grad_score += torch.linalg.vector_norm(g, dim=-1).sum()
+            total, n = _masked_norm_sum(g, weights)
+            self.grad_score += total
+            self.grad_count += n
 
-    def _param_grad_hook(self, g):
+    def _param_grad_hook(self, counts_the_pass, g):
         if self.track_param_grad and self.training:
             with torch.no_grad():
-                self.param_grad_score += torch.linalg.vector_norm(g)
+                self.param_grad_score += torch.linalg.vector_norm(g, dtype=torch.float32)
+                if counts_the_pass:  # one count per backward pass, from the first adapter parameter's hook
+                    self.param_grad_count += 1
 
     def set_active(self, active: bool):
         """The one switch: an inactive adapter has no grad, is skipped by optimizers, saves no activations."""
@@ -104,8 +157,9 @@ class Adapter(nn.Module):
                 p.grad = None
 
     def reset_scores(self):
-        for s in (self.fwd_score, self.grad_score, self.param_grad_score):
-            s.zero_()
+        for name in SCORES:
+            getattr(self, f"{name}_score").zero_()
+            getattr(self, f"{name}_count").zero_()
 
     def delta_weight(self):
         raise NotImplementedError
@@ -144,6 +198,8 @@ def inject(model, targets, make_adapter):
     """Swap every targeted nn.Linear of `model` for `make_adapter(linear)`; freeze all but adapters and head.
 
     `targets` is a comma-separated string or list of names from TARGETS, or "all".
+    Also registers a TokenMask on the model (a forward pre-hook reading `attention_mask`, and a forward hook
+    clearing it), so that the adapters' importance scores count real tokens only.
     Returns {module path: adapter}, ordered by layer, then by target order in TARGETS.
     """
     names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
@@ -164,12 +220,15 @@ def inject(model, targets, make_adapter):
                          "(expected BERT/RoBERTa-style module names such as encoder.layer.0.attention.self.query)")
     head = head_parameters(model)  # fails before the model is changed if there is no task head
     model.requires_grad_(False)
-    adapters = {}
+    adapters, token_mask = {}, TokenMask()
     for _, _, path in sorted(found):
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path)
         adapters[path] = make_adapter(getattr(parent, child))
+        adapters[path].token_mask = token_mask
         setattr(parent, child, adapters[path])
+    model.register_forward_pre_hook(token_mask, with_kwargs=True)  # scores count real tokens only
+    model.register_forward_hook(token_mask.clear, always_call=True)
     for p in head:
         p.requires_grad_(True)
     return adapters

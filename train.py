@@ -305,7 +305,7 @@ if alloc is not None and start_step == 0:
     probe = [get_batch(i) for i in range(min(args.probe_batches, total_steps))]
     scores = importance.probe(model, adapters, probe, args.importance) if probe and args.importance != "random" else None
     active = alloc.initial(adapters, scores)
-    log({"step": 0, "active": active})
+    log({"step": 0, "active": active, "scores": alloc.scores})
 if alloc is not None:
     print(f"active adapter modules: {len(alloc.active)} of {len(names)}; active trainable parameters: "
           f"{sum(prm.numel() for n in alloc.active for prm in adapters[n].adapter_params()) + sum(prm.numel() for prm in head_params):,}")
@@ -327,9 +327,12 @@ for step in range(start_step, total_steps):
     loss_sum += loss.detach()
     n_loss += 1
     if alloc is not None:  # after optimizer.step(), before the next forward
-        active = alloc.step(step + 1, adapters, reallocate=step + 1 < total_steps)
+        realloc = step + 1 < total_steps and alloc.due(step + 1)
+        if realloc and args.importance in importance.PARTIAL:  # training measured only some modules: all, on the next batch
+            importance.probe(model, adapters, [get_batch(step + 1)], args.importance, keep=True)
+        active = alloc.step(step + 1, adapters, reallocate=realloc)
         if active is not None:
-            log({"step": step + 1, "active": active})
+            log({"step": step + 1, "active": active, "scores": alloc.scores})
     done = step + 1
     if done % args.log_every == 0 or done == total_steps:
         train_loss = loss_sum.item() / n_loss  # the one host sync, every --log-every steps

@@ -206,6 +206,31 @@ def test_selection_fractions():
     assert allocate.selection_fractions(hist, ["a", "b", "c", "d"], 10) == {"a": 0.4, "b": 1.0, "c": 0.6, "d": 0.0}
 
 
+@pytest.mark.parametrize("window", importance.WINDOWS)
+@pytest.mark.parametrize("measure", ["forward", "gradient", "param_grad"])
+def test_no_module_is_locked_out_by_its_score(measure, window):
+    """10 re-allocations, 2 of 6 modules active, every allocator: at every allocation every module has a
+    non-zero score. Training alone measures adapter gradients only for active modules, and output gradients
+    only down to the lowest active one; the probe before each re-allocation (as train.py runs it) measures all."""
+    for allocator in allocate.ALLOCATORS:
+        budget = 0.3 if allocator == "threshold" else 2
+        model, adapters = tiny_model(layers=3)
+        importance.set_tracking(adapters, measure)
+        alloc = Allocation(adapters, allocator, budget, measure=measure, period=1, window=window, seed=1)
+        opt, sched = build_optimizer("global", adapters, lora.head_parameters(model), lr=1e-2, total_steps=11)
+        data = batches(12, seq=5)
+        alloc.initial(adapters, importance.probe(model, adapters, data[:1], measure))
+        seen = [alloc.scores]
+        for t in range(10):
+            train_step(model, opt, sched, data[t])
+            if alloc.due(t + 1) and measure in importance.PARTIAL:
+                importance.probe(model, adapters, [data[t + 1]], measure, keep=True)
+            if alloc.step(t + 1, adapters) is not None:
+                seen.append(alloc.scores)
+        assert len(seen) == 11
+        assert all(min(s) > 0 for s in seen), (allocator, [[round(x, 4) for x in s] for s in seen])
+
+
 # ----------------------------------------------------------------------------- optimizers
 
 @pytest.mark.parametrize("kind", allocate.OPTIMIZERS)

@@ -91,6 +91,8 @@ def test_dynamic_allocation_runs(tmp_path, tiny_model, glue_dir, allocator, meas
         assert set(a["active"]) <= names and len(set(a["active"])) == len(a["active"]) >= 1
         if "--active" in budget:
             assert len(a["active"]) == budget[1]
+        if measure != "random":  # every module has a non-zero score at every allocation (no lockout)
+            assert len(a["scores"]) == 12 and min(a["scores"]) > 0, a
     # selection.csv: fraction of steps each module was active; for a fixed K they sum to K
     with open(out / "selection.csv") as f:
         rows = list(csv.reader(f))
@@ -105,7 +107,7 @@ def test_dynamic_allocation_runs(tmp_path, tiny_model, glue_dir, allocator, meas
     assert res["dynamic"] and res["active_trainable_params"] < res["trainable_params"]
 
 
-@pytest.mark.parametrize("measure", ["forward", "gradient"])
+@pytest.mark.parametrize("measure", ["forward", "gradient", "param_grad"])
 def test_every_module_active_trains_exactly_as_lora(tmp_path, tiny_model, glue_dir, measure):
     """DynaLoRA with a budget of all modules is plain LoRA: the probe, tracking and re-allocation change no
     number (the tiny model has dropout, so a probe that drew from the training RNG would show here)."""
