@@ -7,8 +7,8 @@ from, so a model trained on one source evaluates correctly on the other. Metrics
 
     data = load_split("rte", "train", data_dir="../shared/glue")   # or data_dir=None for the hub
     examples = encode(tokenizer, data, max_len=128)
-    loader = DataLoader(examples, batch_size=32, shuffle=True,
-                        collate_fn=functools.partial(collate, pad_id=tokenizer.pad_token_id))
+    for idx in epoch_batches([len(e["input_ids"]) for e in examples], 32, seed=0, epoch=0, group_by_length=True):
+        batch = collate([examples[i] for i in idx], pad_id=tokenizer.pad_token_id)
 """
 import csv
 import math
@@ -205,6 +205,35 @@ def encode(tokenizer, data, max_len, chunk=1024):
                 ex["token_type_ids"] = tt[j]
             examples.append(ex)
     return examples
+
+
+def epoch_batches(lengths, batch_size, seed, epoch, group_by_length=False, window=50):
+    """The batches of one epoch, as lists of example indices: every example exactly once, deterministic in
+    (seed, epoch), so that batch i of epoch e can be rebuilt after a resume.
+
+    Plain: a permutation seeded by (seed, epoch), cut into consecutive batches.
+    group_by_length (as Hugging Face Trainer's `group_by_length`): the same permutation is cut into windows of
+    `window` batches; inside each window the examples are sorted by length (longest first, ties in permutation
+    order) and cut into batches, so a batch holds examples of similar length and needs little padding. The
+    batches of the whole epoch are then shuffled with the same generator, so the order stays random.
+    """
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    if not group_by_length:
+        return [perm[i:i + batch_size] for i in range(0, len(perm), batch_size)]
+    size = window * batch_size
+    batches = []
+    for w in range(0, len(perm), size):
+        chunk = sorted(perm[w:w + size], key=lambda j: -lengths[j])  # sorted() is stable
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def padding_fraction(lengths, batches):
+    """Share of the tokens in padded batches (right-padded to the longest in each) that are padding."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - real / padded
 
 
 def collate(examples, pad_id):

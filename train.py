@@ -9,6 +9,7 @@ DynaLoRA (Brouwers et al. 2024): only `--active K` of the adapter modules (or th
   python train.py --task rte --model DIR --data-dir glue_data   # offline, on local files
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -57,6 +58,7 @@ p.add_argument("--max-steps", type=int, default=None, help="stop after this many
 p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: per task)")
 p.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size")
 p.add_argument("--max-len", type=int, default=512, help="truncate inputs to this many tokens")
+p.add_argument("--group-by-length", action="store_true", help="batches of similar length within windows of 50 batches (less padding), batch order shuffled")
 p.add_argument("--warmup-ratio", type=float, default=0.06, help="linear warmup over this fraction of the steps")
 p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
 p.add_argument("--save-every", type=int, default=500, help="write a checkpoint every N steps (0: only at the end)")
@@ -208,12 +210,18 @@ if dynamic:
     importance.set_tracking(adapters, args.importance)
 
 
+train_lengths = [len(ex["input_ids"]) for ex in train_set]
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_batches(epoch):
+    return glue.epoch_batches(train_lengths, args.batch_size, args.seed, epoch, args.group_by_length)
+
+
 def get_batch(step):
-    """Batch `step` of a fixed seeded order: epoch e is a permutation seeded by (seed, e), so resume is exact."""
+    """Batch `step` of a fixed seeded order (glue.epoch_batches, a function of seed and epoch): resume is exact."""
     epoch, i = divmod(step, steps_per_epoch)
-    perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
-    idx = perm[i * args.batch_size:(i + 1) * args.batch_size].tolist()
-    return {k: v.to(device) for k, v in glue.collate([train_set[j] for j in idx], pad_id).items()}
+    return {k: v.to(device) for k, v in glue.collate([train_set[j] for j in epoch_batches(epoch)[i]], pad_id).items()}
 
 
 @torch.no_grad()

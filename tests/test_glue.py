@@ -318,3 +318,43 @@ def test_real_glue(task, n_train, n_dev):
                                       'of deliberately distorting his evidence .')
     if task == "cola":  # CoLA/dev.tsv has no trailing newline: its last sentence is still whole
         assert dev["text_a"][-1].endswith("himself.")
+
+
+# ----------------------------------------------------------------------------- batch order
+
+def _lengths(n=1000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(5, 120, (n,), generator=g).tolist()
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_epoch_batches_cover_every_example_once_and_are_deterministic(group):
+    lengths = _lengths()
+    a = glue.epoch_batches(lengths, 32, seed=3, epoch=1, group_by_length=group)
+    assert sorted(i for b in a for i in b) == list(range(len(lengths)))
+    assert len(a) == -(-len(lengths) // 32) and all(1 <= len(b) <= 32 for b in a)
+    assert a == glue.epoch_batches(lengths, 32, seed=3, epoch=1, group_by_length=group)
+    assert a != glue.epoch_batches(lengths, 32, seed=3, epoch=2, group_by_length=group)
+    assert a != glue.epoch_batches(lengths, 32, seed=4, epoch=1, group_by_length=group)
+
+
+def test_plain_epoch_batches_are_the_seeded_permutation_cut_in_order():
+    lengths = _lengths(100)
+    perm = torch.randperm(100, generator=torch.Generator().manual_seed(7 * 100003 + 2)).tolist()
+    assert glue.epoch_batches(lengths, 16, seed=7, epoch=2) == [perm[i:i + 16] for i in range(0, 100, 16)]
+
+
+def test_group_by_length_cuts_padding_and_keeps_the_batch_order_shuffled():
+    lengths = _lengths(4000)
+    plain = glue.epoch_batches(lengths, 32, seed=0, epoch=0)
+    grouped = glue.epoch_batches(lengths, 32, seed=0, epoch=0, group_by_length=True)
+    assert glue.padding_fraction(lengths, grouped) < 0.5 * glue.padding_fraction(lengths, plain)
+    longest = [max(lengths[i] for i in b) for b in grouped]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    # within each window of 50 batches the examples were sorted by length: a batch spans a narrow range
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in grouped]
+    assert sorted(spans)[len(spans) // 2] <= 5
+
+
+def test_padding_fraction():
+    assert glue.padding_fraction([2, 4, 4, 4], [[0, 1], [2, 3]]) == pytest.approx(1 - 14 / 16)

@@ -125,7 +125,8 @@ def test_every_module_active_trains_exactly_as_lora(tmp_path, tiny_model, glue_d
 def test_resume_after_sigkill_is_bitwise_identical(tmp_path, tiny_model, glue_dir):
     common = ["--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--active", 2, "--rank", 2,
               "--allocator", "discounted", "--period", 3, "--optimizer", "local", "--dropout", 0.1,
-              "--max-steps", 40, "--save-every", 1, "--eval-every", 100, *FAST, "--log-every", 3]
+              "--max-steps", 40, "--save-every", 1, "--eval-every", 100, *FAST, "--log-every", 3,
+              "--group-by-length"]  # its batch order must be rebuilt exactly on resume too
     ref = tmp_path / "ref"
     run_train(*common, "--output-dir", ref)
     killed = tmp_path / "killed"
