@@ -434,6 +434,7 @@ peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
 results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_metric": headline,
            "best": best, "final": final[headline], "dev_metrics": final, "steps": total_steps,
+           "steps_per_epoch": steps_per_epoch,
            "trainable_params": n_trainable, "active_trainable_params": active_trainable, "total_params": n_total,
            "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
            "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit}

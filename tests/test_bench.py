@@ -116,3 +116,48 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     assert other.returncode == 2 and "made with other settings" in other.stderr
     assert "--max-steps 2 there, 3 here" in other.stderr and len(other.stderr.strip().splitlines()) == 1
     assert table.read_text() == before  # the table of the right budget is left as it was
+
+
+def test_paired_difference_matches_a_hand_computed_t_interval():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from paired import paired_difference
+    x, y = {0: 3.0, 1: 5.0, 2: 4.0, 7: 9.0}, {0: 1.0, 1: 2.0, 2: 4.0}  # seed 7 has no pair
+    d = paired_difference(x, y)  # differences 2, 3, 0: mean 5/3, sd sqrt(7/3), t_{0.975, 2} = 4.302653
+    half = 4.302653 * (7 / 3) ** 0.5 / 3 ** 0.5
+    assert d["n"] == 3 and d["seeds"] == [0, 1, 2] and d["mean"] == pytest.approx(5 / 3)
+    assert d["low"] == pytest.approx(5 / 3 - half, abs=1e-5) and d["high"] == pytest.approx(5 / 3 + half, abs=1e-5)
+    t = (5 / 3) / ((7 / 3) ** 0.5 / 3 ** 0.5)  # paired t statistic, 2 degrees of freedom: p = 1 - t / sqrt(t^2 + 2)
+    assert d["p"] == pytest.approx(1 - t / (t * t + 2) ** 0.5, abs=1e-6)
+    one = paired_difference({0: 1.0}, {0: 0.5})
+    assert one["n"] == 1 and one["mean"] == 0.5 and one["low"] != one["low"]  # no interval from one pair
+
+
+def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, glue_dir):
+    """A study from a budget file: records are copied and count as finished, the report has the paired
+    differences and a forest plot; calibration runs a learning-rate grid and draws its curves."""
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "budget.json").write_text(json.dumps({"max_len": 24, "train_flags": ["--group-by-length"], "tasks": {
+        "rte": {"epochs": 1, "batch_size": 8, "lr": {"lora": 1e-2}}}}))
+    base = [sys.executable, str(ROOT / "bench" / "glue_table.py"), "--model", tiny_model, "--data-dir", glue_dir,
+            "--tasks", "rte", "--max-steps", "2"]
+    cmd = base + ["--budget", str(study / "budget.json"), "--methods", "lora", "dynalora-r", "--seeds", "0", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(": ok in") == 4
+    records = sorted(str(p.relative_to(study)) for p in study.rglob("*.json*") if "runs" not in p.parts)
+    assert "lora/rte/s1/results.json" in records and "dynalora-r/rte/s0/metrics.jsonl" in records
+    args = json.loads((study / "lora" / "rte" / "s0" / "args.json").read_text())
+    assert args["lr"] == 1e-2 and args["group_by_length"] and args["batch_size"] == 8
+    report = (study / "glue_table.md").read_text()
+    assert "DynaLoRA QV/2/3 (R) − LoRA QV r=8 | RTE | 2 |" in report and (study / "glue_table_forest.png").exists()
+    import shutil
+    shutil.rmtree(study / "runs")  # the committed records alone are enough: nothing runs again
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and ": ok in" not in again.stdout and "| LoRA QV r=8 | " in again.stdout
+    cal = tmp_path / "cal"
+    proc = subprocess.run(base + ["--calibrate", "--lrs", "1e-3", "1e-2", "--out", str(cal / "runs"),
+                                  "--records", str(cal)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(": ok in") == 2 and (cal / "calibration.png").stat().st_size > 0
+    assert "| RTE | 0.001 | 0 |" in proc.stdout and "| RTE | 0.01 | 0 |" in proc.stdout
