@@ -6,6 +6,9 @@ Holds:
   eq. 3) and `uniform` (random selection, the paper's "R"). Random ones draw from a seeded CPU generator.
 - Schedules (3.3): `due(schedule, step, period, realloc_at)`, `once` or `periodic`.
 - `apply`: flips each adapter through `set_active`; the active set is a plain list of module names.
+- Depth (depth-aware allocation): `layer_of` a module, `top_layers` (the modules of the top D layers, the
+  eligible set under a depth budget), `min_depth` (the fewest top layers holding k modules) and `depth`
+  (the layers backward runs through for an active set).
 - `Allocation`: the per-step bookkeeping train.py calls right after `optimizer.step()`.
 - Optimizers (3.4): `build_optimizer` gives one `global` torch.optim.AdamW over every adapter parameter
   (active or not) and the head, or `local` AdamW state and LR schedule per module (`LocalAdamW`). Both keep
@@ -15,6 +18,7 @@ Holds:
 """
 import math
 import numbers
+import re
 
 import torch
 
@@ -150,6 +154,41 @@ def active_names(adapters):
     return [name for name, a in adapters.items() if a.active]
 
 
+# ----------------------------------------------------------------------------- depth
+
+LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.N. (BERT, RoBERTa) or layers.N. (decoders)
+
+
+def layer_of(name):
+    """The layer index in a module path such as roberta.encoder.layer.3.attention.self.query."""
+    m = LAYER.search(name)
+    if m is None:
+        raise ValueError(f"cannot tell the layer of module '{name}' (no '.layer.N.' or '.layers.N.' in its path)")
+    return int(m.group(1))
+
+
+def top_layers(names, depth):
+    """The modules of `names` that lie in the top `depth` layers of those holding any of them, in their order."""
+    layers = sorted({layer_of(n) for n in names})
+    keep = set(layers[len(layers) - depth:]) if depth > 0 else set()
+    return [n for n in names if layer_of(n) in keep]
+
+
+def min_depth(names, k):
+    """The smallest depth whose top layers hold at least k of the modules `names`: where depth-aware allocation
+    of k modules has the least memory."""
+    return next(d for d in range(1, len({layer_of(n) for n in names}) + 1) if len(top_layers(names, d)) >= k)
+
+
+def depth(active, names):
+    """How many of the layers holding `names` backward runs through for the active set `active`: from the
+    layer of its lowest module to the top (0 for none). With the base frozen it stops below that module."""
+    if not active:
+        return 0
+    low = min(layer_of(n) for n in active)
+    return sum(layer >= low for layer in {layer_of(n) for n in names})
+
+
 class Allocation:
     """Which modules train: chooses, applies and records the active set; plain data plus a CPU generator.
 
@@ -159,12 +198,21 @@ class Allocation:
     (host) scores the last allocation chose from, in module order (None for a uniform first allocation).
     With a PARTIAL importance measure, train.py calls importance.probe(..., keep=True) when `due(step)`,
     before `step`, so that every module has a fresh score.
+    `eligible` (default: every module) is the set the allocator chooses from, by importance among them; a
+    depth budget makes it the modules of the top D layers (`top_layers`). k counts against it, and
+    threshold's shares (eq. 2) are taken over it.
     """
 
     def __init__(self, names, allocator, budget, measure="forward", schedule="periodic", period=50,
-                 realloc_at=None, window="cumulative", seed=0):
+                 realloc_at=None, window="cumulative", seed=0, eligible=None):
         self.names = list(names)
-        self.budget = check_budget(allocator, budget, len(self.names))
+        chosen = set(self.names if eligible is None else eligible)
+        if not chosen or chosen - set(self.names):
+            raise ValueError("the eligible modules must be a non-empty subset of the module names, got "
+                             f"{sorted(chosen - set(self.names))[:3] or 'none'}")
+        self._pool = [i for i, n in enumerate(self.names) if n in chosen]  # indices the allocator draws from
+        self.eligible = None if len(self._pool) == len(self.names) else [self.names[i] for i in self._pool]
+        self.budget = check_budget(allocator, budget, len(self._pool))
         importance.check_measure(measure)
         check_schedule(schedule, period, realloc_at)
         importance.check_window(window)
@@ -179,11 +227,17 @@ class Allocation:
     def config(self):
         return {"names": list(self.names), "allocator": self.allocator, "budget": self.budget, "measure": self.measure,
                 "schedule": self.schedule, "period": self.period, "realloc_at": self.realloc_at,
-                "window": self.window, "seed": self.seed}
+                "window": self.window, "seed": self.seed, "eligible": self.eligible}
 
     def due(self, step):
         """Does the schedule re-allocate after optimizer step number `step`?"""
         return due(self.schedule, step, self.period, self.realloc_at)
+
+    def _pick(self, scores, counts):
+        """The allocator's choice among the eligible modules, as indices into `names`."""
+        pool = torch.tensor(self._pool)
+        return [self._pool[i] for i in ALLOCATORS[self.allocator](scores[pool], self.budget, self.generator,
+                                                                  counts[pool])]
 
     def _choose(self, step, adapters, idx, scores=None):
         self.active = [self.names[i] for i in idx]
@@ -199,14 +253,13 @@ class Allocation:
         if list(adapters) != self.names:
             raise ValueError("the adapters do not match the module names this Allocation was made for")
         if scores is None:
-            m = len(self.names)
+            m = len(self._pool)
             k = len(threshold(torch.ones(m), self.budget)) if self.allocator == "threshold" else self.budget
-            return self._choose(0, adapters, uniform(torch.ones(m), k, self.generator))
+            return self._choose(0, adapters, [self._pool[i] for i in uniform(torch.ones(m), k, self.generator)])
         scores = torch.as_tensor(scores).cpu()
         if scores.shape != (len(self.names),):
             raise ValueError(f"got {tuple(scores.shape)} scores for {len(self.names)} modules; need one per module")
-        counts = importance.counts(adapters).cpu()
-        return self._choose(0, adapters, ALLOCATORS[self.allocator](scores, self.budget, self.generator, counts), scores)
+        return self._choose(0, adapters, self._pick(scores, importance.counts(adapters).cpu()), scores)
 
     def step(self, step, adapters, reallocate=True):
         """After optimizer step number `step` (1, 2, ...): count the update, re-allocate if due (and `reallocate`;
@@ -220,9 +273,7 @@ class Allocation:
         if not (reallocate and self.due(step)):
             return None
         scores = importance.scores(adapters, self.measure).cpu()  # the one host read of the scores
-        counts = importance.counts(adapters).cpu()
-        return self._choose(step, adapters, ALLOCATORS[self.allocator](scores, self.budget, self.generator, counts),
-                            scores)
+        return self._choose(step, adapters, self._pick(scores, importance.counts(adapters).cpu()), scores)
 
     def state_dict(self):
         """Plain data for a checkpoint; the score and count buffers are in the adapters' own state dicts."""

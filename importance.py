@@ -12,8 +12,9 @@ Holds:
 - `PARTIAL`: the measures that training records for only some modules: adapter gradients exist only for
   active modules, and output gradients only down to the lowest active module (backward stops there). Left
   alone, a module outside the first active set would keep score 0 and never be chosen again. So before each
-  re-allocation train.py runs `probe(..., keep=True)` on one batch, which measures every module; with the
-  per-count mean, one fresh measurement makes a module comparable to those trained all window long.
+  re-allocation train.py runs `probe(..., keep=True)` on one batch, which measures every module (under a depth
+  budget every eligible one: `only`); with the per-count mean, one fresh measurement makes a module comparable
+  to those trained all window long.
 - `set_tracking`: switch on exactly the accumulators a measure needs (none for random: zero overhead).
 - `scores`, `counts`: one (M,) tensor on the adapters' device, stacked without reading anything back.
 - `normalize` (eq. 2) and `discount` (eq. 3).
@@ -84,8 +85,8 @@ def reset(adapters):
         a.reset_scores()
 
 
-def probe(model, adapters, batches, measure, keep=False):
-    """Score `batches` with every adapter active, without training.
+def probe(model, adapters, batches, measure, keep=False, only=None):
+    """Score `batches` with every adapter active (or those named in `only`), without training.
 
     keep=False, before step 0: the scores of the first allocation. Returns the (M,) scores (None for `random` or
       no batches: the first allocation is then uniform) and leaves the accumulators at zero, so that
@@ -103,6 +104,7 @@ def probe(model, adapters, batches, measure, keep=False):
     if measure == "random":
         return None
     mods = _modules(adapters)
+    on = [True] * len(mods) if only is None else [name in set(only) for name in adapters]
     was_active = [a.active for a in mods]
     was_tracking = [(a.track_forward, a.track_grad, a.track_param_grad) for a in mods]
     was_training = model.training
@@ -113,8 +115,8 @@ def probe(model, adapters, batches, measure, keep=False):
             set_tracking(mods, measure)
             if not keep:
                 reset(mods)
-            for a in mods:
-                a.set_active(True)
+            for a, act in zip(mods, on):
+                a.set_active(act)
             model.train()  # the accumulators only count training passes
             with torch.enable_grad():
                 for batch in batches:

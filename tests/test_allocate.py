@@ -231,6 +231,73 @@ def test_no_module_is_locked_out_by_its_score(measure, window):
         assert all(min(s) > 0 for s in seen), (allocator, [[round(x, 4) for x in s] for s in seen])
 
 
+# ----------------------------------------------------------------------------- depth budget
+
+def test_layers_top_layers_and_depth():
+    names = [f"roberta.encoder.layer.{i}.attention.self.{t}" for i in range(3) for t in ("query", "value")]
+    assert [allocate.layer_of(n) for n in names] == [0, 0, 1, 1, 2, 2]
+    assert allocate.layer_of("model.layers.11.self_attn.q_proj") == 11  # decoder naming
+    assert allocate.top_layers(names, 0) == [] and allocate.top_layers(names, 3) == names
+    assert allocate.top_layers(names, 2) == names[2:]
+    assert allocate.depth([], names) == 0 and allocate.depth([names[5]], names) == 1
+    assert allocate.depth([names[5], names[2]], names) == 2 and allocate.depth(names[:1], names) == 3
+    assert [allocate.min_depth(names, k) for k in range(1, 7)] == [1, 1, 2, 2, 3, 3]
+    with pytest.raises(ValueError, match="cannot tell the layer"):
+        allocate.layer_of("classifier.dense")
+
+
+DEPTH_CASES = [(a, m) for a in allocate.ALLOCATORS for m in ("forward", "gradient", "param_grad", "random")
+               if not (m == "random" and a in ("topk", "threshold"))]
+
+
+@pytest.mark.parametrize("allocator,measure", DEPTH_CASES)
+def test_every_allocator_meets_the_depth_budget_at_every_allocation(allocator, measure):
+    """Every allocator and importance measure, 4 re-allocations on a 3-layer model, the top 2 layers eligible:
+    at every allocation the active set lies in them, has the budget's size, and the modules below the floor
+    never get a gradient, an update or optimizer state. The probe (as train.py runs it) activates only the
+    eligible modules, so the gradient measures leave the modules below the floor unmeasured."""
+    model, adapters = tiny_model(layers=3)
+    names = list(adapters)
+    eligible, below = allocate.top_layers(names, 2), allocate.top_layers(names, 3)[:2]
+    budget = 0.3 if allocator == "threshold" else 3
+    importance.set_tracking(adapters, measure)
+    alloc = Allocation(names, allocator, budget, measure=measure, period=1, seed=1, eligible=eligible)
+    opt, sched = build_optimizer("global", adapters, lora.head_parameters(model), lr=1e-2, total_steps=5)
+    data = batches(6, seq=5)
+    chosen = [alloc.initial(adapters, importance.probe(model, adapters, data[:1], measure, only=eligible))]
+    for t in range(4):
+        train_step(model, opt, sched, data[t])
+        if alloc.due(t + 1) and measure in importance.PARTIAL:
+            importance.probe(model, adapters, [data[t + 1]], measure, keep=True, only=eligible)
+        chosen.append(alloc.step(t + 1, adapters))
+        if measure in importance.PARTIAL:
+            count = "grad_count" if measure == "gradient" else "param_grad_count"
+            assert all(getattr(adapters[n], count) == 0 for n in below)  # backward stopped at the floor
+            assert all(getattr(adapters[n], count) > 0 for n in eligible)  # every eligible module measured
+    assert len(chosen) == 5 and all(c is not None for c in chosen)
+    for active in chosen:
+        assert set(active) <= set(eligible) and allocate.depth(active, names) <= 2
+        assert len(active) == 3 if allocator != "threshold" else 1 <= len(active) <= 4
+    for n in below:
+        a = adapters[n]
+        assert not a.active and a.n_updates == 0 and all(p not in opt.state for p in a.adapter_params())
+
+
+def test_eligible_set_bad_input_and_checkpoint():
+    _, adapters = tiny_model(layers=3)
+    names = list(adapters)
+    with pytest.raises(ValueError, match="k must be an integer from 1 to the number of modules \\(2\\)"):
+        Allocation(names, "topk", 3, eligible=names[-2:])  # k counts against the eligible modules
+    with pytest.raises(ValueError, match="non-empty subset"):
+        Allocation(names, "topk", 1, eligible=["nope"])
+    with pytest.raises(ValueError, match="non-empty subset"):
+        Allocation(names, "topk", 1, eligible=[])
+    assert Allocation(names, "topk", 1, eligible=names).config()["eligible"] is None  # all eligible: no floor
+    sd = Allocation(names, "discounted", 2, eligible=names[-2:]).state_dict()
+    with pytest.raises(ValueError, match="differs from this run's in eligible"):
+        Allocation(names, "discounted", 2, eligible=names[-4:]).load_state_dict(sd, adapters)
+
+
 # ----------------------------------------------------------------------------- optimizers
 
 @pytest.mark.parametrize("kind", allocate.OPTIMIZERS)
