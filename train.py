@@ -6,6 +6,7 @@ DynaLoRA (Brouwers et al. 2024): only `--active K` of the adapter modules (or th
 
   python train.py --task rte --method lora                      # LoRA, the LoRA paper's RTE settings
   python train.py --task rte --method lora --active 16          # DynaLoRA QV/16/F
+  python train.py --task rte --method lora --active 8 --max-depth 8   # depth-aware: only the top 8 layers train
   python train.py --task rte --model DIR --data-dir glue_data   # offline, on local files
 """
 import argparse
@@ -24,6 +25,7 @@ import allocate
 import glue
 import importance
 import lora
+import memory
 import vera
 
 # ----------------------------------------------------------------------------- flags
@@ -47,6 +49,8 @@ p.add_argument("--window", default="cumulative", choices=list(importance.WINDOWS
 p.add_argument("--schedule", default="periodic", choices=list(allocate.SCHEDULES), help="re-allocate once (at --realloc-at) or every --period steps")
 p.add_argument("--period", type=int, default=50, help="periodic schedule: steps between re-allocations")
 p.add_argument("--realloc-at", type=int, default=None, help="once schedule: step of the single re-allocation (default: 10%% of training)")
+p.add_argument("--max-depth", type=int, default=None, help="depth budget: active modules only in the top D layers, so backward never goes deeper")
+p.add_argument("--memory-budget", type=float, default=None, help="depth budget: at most this fraction of LoRA's training memory (saved for backward + grads + AdamW state)")
 p.add_argument("--probe-batches", type=int, default=4, help="batches scored before step 0 for the first allocation (0: uniform)")
 p.add_argument("--optimizer", default="global", choices=list(allocate.OPTIMIZERS), help="one AdamW, or AdamW state and LR schedule per module")
 p.add_argument("--lr", type=float, default=None, help="adapter learning rate (default: per task, from the papers)")
@@ -107,6 +111,15 @@ if args.active is not None and args.threshold is not None:
     fail("--active and --threshold are two budgets; give one")
 if dynamic and args.method not in ("lora", "vera"):
     fail(f"--active/--threshold allocate adapter modules; --method {args.method} has none")
+depth_budget = args.max_depth is not None or args.memory_budget is not None
+if depth_budget and not dynamic:
+    fail("--max-depth/--memory-budget limit where the allocated modules lie; give --active K or --threshold P")
+if args.max_depth is not None and args.memory_budget is not None:
+    fail("--max-depth and --memory-budget are two depth budgets; give one")
+if args.max_depth is not None and args.max_depth < 1:
+    fail(f"--max-depth must be >= 1 (layers counted from the top), got {args.max_depth}")
+if args.memory_budget is not None and not 0 < args.memory_budget <= 1:
+    fail(f"--memory-budget is a fraction of LoRA's training memory, in (0, 1]; got {args.memory_budget}")
 for flag in ("batch_size", "eval_batch_size", "max_len", "period", "log_every"):
     if getattr(args, flag) < 1:
         fail(f"--{flag.replace('_', '-')} must be >= 1")
@@ -197,14 +210,33 @@ steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
 total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
 warmup_steps = int(args.warmup_ratio * total_steps)
 eval_every = args.eval_every or steps_per_epoch
-alloc = None
+alloc, eligible, costs, max_depth = None, None, None, None
+if depth_budget:  # the floor is fixed for the run (README: depth-aware allocation)
+    n_layers = len({allocate.layer_of(n) for n in names})
+    if args.max_depth is not None and args.max_depth > n_layers:
+        fail(f"--max-depth {args.max_depth} is more than the {n_layers} layers that hold adapter modules")
+    # the cost model, measured once on the widest batch shape training will see: the batch_size longest examples
+    widest = sorted(train_set, key=lambda ex: len(ex["input_ids"]))[-args.batch_size:]
+    costs = memory.depth_costs(model, adapters, {k: v.to(device) for k, v in glue.collate(widest, pad_id).items()},
+                               head_params)
+    try:
+        max_depth = args.max_depth or memory.depth_for_budget(costs, args.memory_budget)
+    except ValueError as e:
+        fail(f"--memory-budget {args.memory_budget}: {e}")
+    eligible = allocate.top_layers(names, max_depth)
+    if args.active is not None and args.active > len(eligible):
+        fail(f"--active {args.active} is more than the {len(eligible)} adapter modules in the top {max_depth} "
+             f"of {n_layers} layers that the depth budget allows")
+    print(f"depth budget: top {max_depth} of {n_layers} layers, {len(eligible)} of {len(names)} modules; predicted memory"
+          f" <= {costs[max_depth]['total'] / costs[-1]['total']:.3f} of LoRA's {costs[-1]['total'] / 2**20:.2f} MiB "
+          f"at {len(widest)} x {len(widest[-1]['input_ids'])} tokens")
 if dynamic:
     try:
         alloc = allocate.Allocation(names, "threshold" if args.threshold is not None else args.allocator,
                                     args.threshold if args.threshold is not None else args.active,
                                     measure=args.importance, schedule=args.schedule, period=args.period,
                                     realloc_at=args.realloc_at or max(1, total_steps // 10), window=args.window,
-                                    seed=args.seed)
+                                    seed=args.seed, eligible=eligible)
     except ValueError as e:
         fail(e)
     importance.set_tracking(adapters, args.importance)
@@ -292,6 +324,14 @@ def log(obj):
         f.write(json.dumps(obj) + "\n")
 
 
+def log_allocation(step, active):
+    """An allocation: its modules, the scores it chose from, its depth and, under a depth budget, its predicted
+    training memory (the cost model at its depth: exact when every module from its lowest one up is active)."""
+    d = allocate.depth(active, names)
+    log({"step": step, "active": active, "scores": alloc.scores, "depth": d,
+         **({"predicted_bytes": costs[d]["total"]} if costs else {})})
+
+
 def save_checkpoint(step):
     ckpt = {"model": trained_state(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -310,10 +350,12 @@ print(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable
 # ----------------------------------------------------------------------------- training loop
 model.train()
 if alloc is not None and start_step == 0:
+    if costs:
+        log({"step": 0, "cost_model": costs, "max_depth": max_depth, "eligible": eligible})
     probe = [get_batch(i) for i in range(min(args.probe_batches, total_steps))]
-    scores = importance.probe(model, adapters, probe, args.importance) if probe and args.importance != "random" else None
-    active = alloc.initial(adapters, scores)
-    log({"step": 0, "active": active, "scores": alloc.scores})
+    scores = importance.probe(model, adapters, probe, args.importance, only=eligible) \
+        if probe and args.importance != "random" else None
+    log_allocation(0, alloc.initial(adapters, scores))
 if alloc is not None:
     print(f"active adapter modules: {len(alloc.active)} of {len(names)}; active trainable parameters: "
           f"{sum(prm.numel() for n in alloc.active for prm in adapters[n].adapter_params()) + sum(prm.numel() for prm in head_params):,}")
@@ -337,10 +379,10 @@ for step in range(start_step, total_steps):
     if alloc is not None:  # after optimizer.step(), before the next forward
         realloc = step + 1 < total_steps and alloc.due(step + 1)
         if realloc and args.importance in importance.PARTIAL:  # training measured only some modules: all, on the next batch
-            importance.probe(model, adapters, [get_batch(step + 1)], args.importance, keep=True)
+            importance.probe(model, adapters, [get_batch(step + 1)], args.importance, keep=True, only=eligible)
         active = alloc.step(step + 1, adapters, reallocate=realloc)
         if active is not None:
-            log({"step": step + 1, "active": active, "scores": alloc.scores})
+            log_allocation(step + 1, active)
     done = step + 1
     if done % args.log_every == 0 or done == total_steps:
         train_loss = loss_sum.item() / n_loss  # the one host sync, every --log-every steps
@@ -396,6 +438,10 @@ def write_selection(fractions):
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_yticks(range(len(layers)), layers)
     ax.set_ylabel("layer")
+    if eligible:  # the depth budget's floor: no module above the line (lower layers) ever trains
+        floor_y = layers.index(allocate.layer_of(eligible[0])) - 0.5
+        ax.axhline(floor_y, color="red", linewidth=2)
+        ax.text(-0.45, floor_y, f"floor: top {max_depth}", color="red", fontsize=7, va="bottom")
     ax.set_title(f"fraction of steps active ({task}, {args.method})")
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
@@ -437,7 +483,8 @@ results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_me
            "steps_per_epoch": steps_per_epoch,
            "trainable_params": n_trainable, "active_trainable_params": active_trainable, "total_params": n_total,
            "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
-           "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit}
+           "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit, "max_depth": max_depth,
+           "predicted_bytes": costs[max_depth]["total"] if costs else None}
 if args.method == "lora":
     lora.export_peft(os.path.join(args.output_dir, "adapter"), model, adapters, base_model_name_or_path=args.model)
 elif args.method == "vera":

@@ -107,6 +107,69 @@ def test_dynamic_allocation_runs(tmp_path, tiny_model, glue_dir, allocator, meas
     assert res["dynamic"] and res["active_trainable_params"] < res["trainable_params"]
 
 
+# (allocator, importance, depth budget, allocation budget) on 12 modules, 6 per layer, 2 layers. Every allocator
+# with every measure is tested in-process (test_allocate.py); these run train.py end to end.
+DEPTH = [
+    ("threshold", "gradient", ["--memory-budget", 0.75], ["--threshold", 0.5]),
+    ("multinomial", "param_grad", ["--max-depth", 1], ["--active", 3]),
+    ("discounted", "forward", ["--memory-budget", 0.75], ["--active", 6]),
+]
+
+
+@pytest.mark.parametrize("allocator,measure,depth_budget,budget", DEPTH)
+def test_depth_budget_holds_at_every_allocation(tmp_path, tiny_model, glue_dir, allocator, measure, depth_budget,
+                                                budget):
+    out = tmp_path / "run"
+    run_train("--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--targets", "all", "--rank", 2,
+              "--allocator", allocator, "--importance", measure, "--period", 2, "--max-steps", 6,
+              "--eval-every", 6, "--output-dir", out, *depth_budget, *budget, *FAST)
+    records = read_jsonl(out / "metrics.jsonl")
+    model = next(r for r in records if "cost_model" in r)
+    costs, max_depth = model["cost_model"], model["max_depth"]
+    totals = [c["total"] for c in costs]
+    assert [c["depth"] for c in costs] == [0, 1, 2] and totals == sorted(totals)
+    if "--memory-budget" in depth_budget:  # the deepest depth whose cost is within the fraction of LoRA's
+        limit = depth_budget[1] * totals[-1]
+        assert totals[max_depth] <= limit and (max_depth == 2 or totals[max_depth + 1] > limit)
+        limit_bytes = limit
+    else:
+        assert max_depth == depth_budget[1]
+        limit_bytes = totals[max_depth]
+    assert max_depth == 1 and all(".layer.1." in n for n in model["eligible"]) and len(model["eligible"]) == 6
+    allocs = [r for r in records if "active" in r]
+    assert [a["step"] for a in allocs] == [0, 2, 4]
+    names = torch.load(out / "checkpoint.pt", weights_only=True)["alloc"]["config"]["names"]
+    for a in allocs:
+        assert a["active"] and all(n in model["eligible"] for n in a["active"]) and a["depth"] <= max_depth
+        assert a["predicted_bytes"] == totals[a["depth"]] <= limit_bytes
+        if "--active" in budget:
+            assert len(a["active"]) == budget[1]
+        if measure in ("gradient", "param_grad"):  # the probe's backward stops at the floor too: no score below
+            assert [s > 0 for s in a["scores"]] == [n in model["eligible"] for n in names], a["scores"]
+    with open(out / "selection.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[1][0] == "0" and all(float(x) == 0 for x in rows[1][1:])  # layer 0, below the floor: never active
+    res = json.loads((out / "results.json").read_text())
+    assert res["max_depth"] == max_depth and res["predicted_bytes"] == totals[max_depth]
+    assert (out / "selection.png").stat().st_size > 0
+
+
+def test_depth_budget_bad_input_gives_one_line(tmp_path, tiny_model, glue_dir):
+    base = ["--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 2, *FAST]
+    cases = [
+        (["--active", 2, "--max-depth", 0], "--max-depth must be >= 1"),
+        (["--active", 2, "--max-depth", 3], "more than the 2 layers"),
+        (["--active", 2, "--memory-budget", 0.001], "the head alone needs"),
+        (["--active", 3, "--max-depth", 1], "--active 3 is more than the 2 adapter modules in the top 1"),
+        (["--max-depth", 1], "give --active K or --threshold P"),
+        (["--active", 2, "--max-depth", 1, "--memory-budget", 0.5], "two depth budgets"),
+        (["--active", 2, "--memory-budget", 1.5], "in (0, 1]"),
+    ]
+    for i, (flags, message) in enumerate(cases):
+        line = err(run_train(*base, *flags, "--output-dir", tmp_path / str(i), check=False))
+        assert message in line, (flags, line)
+
+
 @pytest.mark.parametrize("measure", ["forward", "gradient", "param_grad"])
 def test_every_module_active_trains_exactly_as_lora(tmp_path, tiny_model, glue_dir, measure):
     """DynaLoRA with a budget of all modules is plain LoRA: the probe, tracking and re-allocation change no
