@@ -10,6 +10,11 @@ it keeps is counted from the tensors themselves, not from a process-level memory
 - training overhead = everything but the frozen base weights; total = overhead + frozen base weights.
 With a GPU present, torch.cuda.max_memory_allocated over the step is added as a column.
 
+Depth-aware DynaLoRA rows (train.py --max-depth): the real allocator choosing among the modules of the top D
+layers only, D the smallest depth holding K modules (8 of 12 layers for 16/24, 4 for 8/24). The cost model
+train.py budgets with (memory.depth_costs, measured once on the LoRA model) predicts each of their allocations,
+shown next to the measured bytes, and the target (16/24: saved for backward <= 0.67x LoRA's) is a verdict.
+
 The model is RobertaConfig() (RoBERTa-base shapes) with random weights and random token ids: sizes do not
 depend on the values. DynaLoRA budgets scale with --layers (16 and 8 of 24 become round(16/24 M), round(8/24 M)).
 
@@ -36,7 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import allocate  # noqa: E402
 import importance  # noqa: E402
 import lora  # noqa: E402
+import memory  # noqa: E402  (the repo root's memory.py: the accounting and the depth cost model)
 import vera  # noqa: E402
+from memory import SavedForBackward, optimizer_bytes, parameter_bytes, storage_bytes  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default 16; --quick: 8)")
@@ -115,57 +122,7 @@ def optimizer_for(method, model, adapters, kind="global"):
                                     lr=1e-4, total_steps=1000)[0]
 
 
-# ----------------------------------------------------------------------------- byte counting
-
-def storage_bytes(tensors):
-    """Bytes of the distinct storages behind `tensors` (a view counts its whole storage, once)."""
-    seen = {}
-    for t in tensors:
-        s = t.untyped_storage()
-        seen.setdefault(s.data_ptr(), s.nbytes())
-    return sum(seen.values())
-
-
-class SavedForBackward:
-    """Pack hook that records each storage autograd saves, once, except parameter and buffer storages.
-
-    It keeps a reference to each storage until `bytes()` is read, so a freed address cannot be reused and
-    miscounted; every storage saved by this model's forward is kept alive by the graph anyway.
-    """
-
-    def __init__(self, model):
-        self.exclude = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
-        self.storages = {}
-
-    def pack(self, t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in self.exclude:
-            self.storages.setdefault(s.data_ptr(), s)
-        return t
-
-    def bytes(self):
-        n = sum(s.nbytes() for s in self.storages.values())
-        self.storages = {}
-        return n
-
-
-def parameter_bytes(model, adapters):
-    """(frozen base weights, trainable now, other adapter state) in bytes; buffers of the base count as frozen."""
-    base = {id(t) for a in adapters.values() for t in list(a.base.parameters()) + list(a.base.buffers())}
-    owned = {id(t) for a in adapters.values() for t in list(a.parameters()) + list(a.buffers())} - base
-    frozen = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in owned and not t.requires_grad]
-    trainable = [t for t in model.parameters() if t.requires_grad]
-    other = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) in owned and not t.requires_grad]
-    return storage_bytes(frozen), storage_bytes(trainable), storage_bytes(other)
-
-
-def optimizer_bytes(opt):
-    if isinstance(opt, allocate.LocalAdamW):
-        opts = list(opt.optimizers.values()) + ([opt.head] if opt.head is not None else [])
-    else:
-        opts = [opt]
-    return storage_bytes([v for o in opts for st in o.state.values() for v in st.values() if torch.is_tensor(v)])
-
+# ----------------------------------------------------------------------------- byte counting (../memory.py)
 
 def train_step(model, adapters, opts):
     """One step (forward with loss, backward, every optimizer in `opts` steps); returns the byte counts.
@@ -300,9 +257,49 @@ def dynamic(method, k, placements_random, fixed):
     return out
 
 
+progress("cost model: one forward per depth (memory.depth_costs)")
+model, adapters = build("lora")
+costs = memory.depth_costs(model, adapters, batch, lora.head_parameters(model))  # index d: the top d layers active
+del model, adapters
+free()
+
+
+def depth_aware(k):
+    """Depth-aware DynaLoRA k/M: the real allocator (discounted, forward importance, re-allocating after every
+    step) chooses among the modules of the top D layers, D the smallest depth that holds k of them. One step per
+    allocation on a fresh model, so the AdamW state is that of the eligible modules only, as in training; one
+    allocation when k is all of them (every allocation is the same), else --draws."""
+    model, adapters = build("lora")
+    names = list(adapters)
+    depth = allocate.min_depth(names, k)
+    eligible = allocate.top_layers(names, depth)
+    importance.set_tracking(adapters, "forward")
+    alloc = allocate.Allocation(names, "discounted", k, measure="forward", period=1, seed=args.seed, eligible=eligible)
+    alloc.initial(adapters, None)
+    opts = [optimizer_for("lora", model, adapters, "global"), optimizer_for("lora", model, adapters, "local")]
+    draws = []
+    for i in range(1 if k == len(eligible) else args.draws):
+        progress(f"DynaLoRA {k}/{M} depth-aware (top {depth} layers) allocation {i + 1}")
+        r = train_step(model, adapters, opts)
+        d = allocate.depth(alloc.active, names)
+        draws.append(dict(r, placement=placement(names, alloc.active), depth=d, predicted=costs[d],
+                          measured_total=r["saved"] + r["grads"] + r["optim"]))
+        alloc.step(i + 1, adapters)
+    mean = {key: statistics.mean(x[key] for x in draws) for key in ("saved", "frozen", "trainable", "adapter_other", "grads")}
+    mean["optim"], mean["optim_local"] = draws[-1]["optim"], draws[-1]["optim_local"]  # state only grows
+    mean["overhead"] = mean["saved"] + mean["trainable"] + mean["adapter_other"] + mean["grads"] + mean["optim"]
+    mean["total"] = mean["overhead"] + mean["frozen"]
+    return dict(label=f"DynaLoRA {k}/{M}, depth-aware: top {depth} layers"
+                      + (f" (mean of {len(draws)})" if len(draws) > 1 else ""), active=k, **mean, max_depth=depth,
+                eligible=len(eligible), saved_min=min(x["saved"] for x in draws),
+                saved_max=max(x["saved"] for x in draws), predicted=costs[depth], draws=draws)
+
+
 for k in budgets:
     if k < M:
         rows.update(dynamic("lora", k, args.draws, ("upper", "lower")))
+        free()
+        rows[f"dynalora{k}_depth"] = depth_aware(k)
         free()
 if budgets[0] < M:
     rows.update(dynamic("vera", budgets[0], args.draws, ()))
@@ -349,7 +346,7 @@ for r in rows.values():
 print()
 print("MiB = 2^20 bytes. Random rows: mean over placements, saved-for-backward as mean (min-max).")
 print()
-dyn = [r for r in rows.values() if "placement" in r or "placement_at_min" in r]
+dyn = [r for r in rows.values() if ("placement" in r or "placement_at_min" in r) and "max_depth" not in r]
 if dyn:
     print("| placement | lowest active layer | active modules per layer (0 ... top) | saved for backward "
           "| saved / LoRA |")
@@ -366,6 +363,34 @@ if dyn:
     print("Placement code: one pair per layer from layer 0 up, q/v = query/value adapter active, . = inactive.")
     print()
 
+depth_rows = [r for r in rows.values() if "max_depth" in r]
+print("Cost model check: memory.depth_costs, measured once on the LoRA model (one forward per depth d, every module of "
+      "the top d layers active; gradients and AdamW state from the parameters' sizes), against each allocation's "
+      "measured step. It predicts the cost at an allocation's depth: exact when every module from its lowest one up "
+      "is active, an upper bound otherwise.")
+print()
+print("| configuration | placement (layer 0 ... top) | depth | predicted saved | measured saved | predicted saved + "
+      "grads + AdamW | measured saved + grads + AdamW | measured / predicted |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+lora_measured = ref["saved"] + ref["grads"] + ref["optim"]
+check = [(ref["label"], " ".join(["qv"] * args.layers),
+          dict(depth=args.layers, predicted=costs[-1], saved=ref["saved"], measured_total=lora_measured))]
+check += [(f"DynaLoRA {r['active']}/{M}, depth-aware, allocation {i + 1}", x["placement"], x)
+          for r in depth_rows for i, x in enumerate(r["draws"])]
+for label, where, x in check:
+    print(f"| {label} | `{where}` | {x['depth']} | {x['predicted']['saved'] / MiB:.3f} | {x['saved'] / MiB:.3f} | "
+          f"{x['predicted']['total'] / MiB:.3f} | {x['measured_total'] / MiB:.3f} | "
+          f"{x['measured_total'] / x['predicted']['total']:.4f} |")
+print()
+print("| target | measured (worst allocation) | limit | verdict |")
+print("|---|---:|---:|---|")
+for r in depth_rows:
+    if r["active"] == max(1, min(M, round(16 * M / 24))):  # the target is set for 16 of 24 modules
+        worst = r["saved_max"] / ref["saved"]
+        print(f"| depth-aware DynaLoRA {r['active']}/{M}, saved for backward / LoRA {M}/{M}'s | {worst:.3f} | <= 0.67 | "
+              f"{'MET' if worst <= 0.67 else 'MISSED'} |")
+        r["target"] = dict(name="saved / LoRA", value=worst, limit=0.67, met=worst <= 0.67)
+print()
 print("What the numbers mean:")
 print(f"- saved for backward: what the forward leaves for backward (activations, dropout masks, attention "
       f"probabilities), each storage once; backward frees it. For LoRA {M}/{M} it is "
@@ -411,7 +436,7 @@ print()
 
 if args.json:
     with open(args.json, "w") as f:
-        json.dump({"config": {**vars(args), "modules": M, "budgets": budgets, "device": str(device),
+        json.dump({"config": {**vars(args), "modules": M, "budgets": budgets, "device": str(device), "cost_model": costs,
                               "torch": torch.__version__, "transformers": transformers.__version__, "threads": threads,
                               "date": datetime.date.today().isoformat(), "wall_time_s": wall,
                               "load_average_start": load_start, "load_average_end": os.getloadavg()[0],

@@ -1,5 +1,5 @@
 """Training step time of LoRA, importance tracking, DynaLoRA (global and local optimizer, forward and gradient
-importance) and DynaVeRA on RoBERTa-base.
+importance, the paper's placement and depth-aware) and DynaVeRA on RoBERTa-base.
 
 A step is what train.py does per batch: forward with loss, backward, gradient clipping (max norm 1), optimizer
 step, LR scheduler step, zero_grad, and for the dynamic configurations the allocation holder's per-step call
@@ -13,6 +13,9 @@ timed step of a dynamic configuration, the allocation holder is called once more
 really re-allocates (reads the scores, draws with the discounted allocator, flips `set_active`). That call is
 timed separately and 1/period of its median is added to the step median. The next timed step then runs on the
 new allocation, so the timed steps cover the placements the allocator really chooses, not one lucky draw.
+
+Depth-aware DynaLoRA (train.py --max-depth D): the same allocator choosing among the modules of the top D layers
+only, D the smallest depth holding K modules (8 of 12 layers for 16/24, 4 for 8/24), timed in the same rounds.
 
   python bench/speed.py                 # RoBERTa-base, batch 16, seq 128 (under 10 minutes on 2 CPU cores)
   python bench/speed.py --quick --json s.json
@@ -46,6 +49,7 @@ p.add_argument("--layers", type=int, default=None, help="encoder layers (default
 p.add_argument("--reps", type=int, default=None, help="timed rounds over all configurations (default 6; --quick: 5)")
 p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 1; --quick: 1)")
 p.add_argument("--active", type=int, default=16, help="DynaLoRA/DynaVeRA budget K of 24 modules (scaled to --layers)")
+p.add_argument("--depth-active", default="16,8", help="depth-aware DynaLoRA budgets K of 24 modules (scaled), comma-separated")
 p.add_argument("--period", type=int, default=50, help="steps between re-allocations (periodic schedule)")
 p.add_argument("--vera-r", type=int, default=1024, help="VeRA rank r")
 p.add_argument("--vera-reference", action="store_true", help="also time plain VeRA 24/24 (one more config per round)")
@@ -72,6 +76,7 @@ device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_availabl
 cuda = device.type == "cuda"
 M = 2 * args.layers
 K = max(1, min(M, round(args.active * M / 24)))
+DEPTH_K = {int(k): max(1, min(M, round(int(k) * M / 24))) for k in args.depth_active.split(",")}  # of 24 -> of M
 t_start = time.time()
 load_start = os.getloadavg()[0]
 
@@ -95,7 +100,8 @@ batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(
 class Config:
     """One configuration: its own model, adapters, optimizer, scheduler and (dynamic) allocation holder."""
 
-    def __init__(self, key, label, method, tracking=None, dynamic=False, optimizer="global", measure="forward"):
+    def __init__(self, key, label, method, tracking=None, dynamic=False, optimizer="global", measure="forward",
+                 k=None, depth_aware=False):
         from transformers import RobertaConfig, RobertaForSequenceClassification
         self.key, self.label = key, label
         torch.manual_seed(args.seed)
@@ -114,8 +120,12 @@ class Config:
         self.alloc = None
         self.measure = measure
         if dynamic:  # DynaLoRA /F (or /B): discounted stochastic allocator, periodic schedule
-            self.alloc = allocate.Allocation(list(self.adapters), allocator="discounted", budget=K, measure=measure,
-                                             schedule="periodic", period=args.period, seed=args.seed)
+            eligible = None
+            if depth_aware:  # only the modules of the fewest top layers that hold k
+                depth = allocate.min_depth(list(self.adapters), k)
+                eligible, self.label = allocate.top_layers(list(self.adapters), depth), f"{label}: top {depth} layers"
+            self.alloc = allocate.Allocation(list(self.adapters), allocator="discounted", budget=k or K, measure=measure,
+                                             schedule="periodic", period=args.period, seed=args.seed, eligible=eligible)
             self.alloc.initial(self.adapters, None)  # uniform first draw; train.py probes, which is not timed either
         importance.set_tracking(self.adapters, tracking or (measure if dynamic else "random"))  # random: all off
         self.n = 0  # optimizer steps done
@@ -143,7 +153,7 @@ class Config:
         due = (self.n // args.period + 1) * args.period
         t0 = now()
         if self.measure in importance.PARTIAL:  # as train.py: first measure every module on one batch
-            importance.probe(self.model, self.adapters, [batch], self.measure, keep=True)
+            importance.probe(self.model, self.adapters, [batch], self.measure, keep=True, only=self.alloc.eligible)
         active = self.alloc.step(due, self.adapters)
         t = now() - t0
         assert active is not None, "the due call did not re-allocate"
@@ -162,8 +172,11 @@ specs = [
     ("dynalora_local", f"DynaLoRA {K}/{M}, local optimizer", "lora", None, True, "local"),
     ("dynalora_gradient", f"DynaLoRA {K}/{M}, gradient importance (+ re-allocation probe)", "lora", None, True,
      "global", "gradient"),
-    ("dynavera", f"DynaVeRA {K}/{M} (r={args.vera_r}), global optimizer", "vera", None, True, "global"),
 ]
+for k24, k in DEPTH_K.items():
+    specs.append((f"dynalora_depth{k24}", f"DynaLoRA {k}/{M}, depth-aware", "lora", None, True, "global", "forward", k,
+                  True))
+specs.append(("dynavera", f"DynaVeRA {K}/{M} (r={args.vera_r}), global optimizer", "vera", None, True, "global"))
 if args.vera_reference:
     specs.append(("vera", f"VeRA q,v r={args.vera_r} ({M}/{M}), tracking off (reference)", "vera", None, False,
                   "global"))
@@ -224,6 +237,9 @@ targets = [
     target(f"DynaLoRA {K}/{M} gradient / forward importance", "dynalora_gradient", "dynalora_global", 1.03,
            "gradient importance with its re-allocation probe <= 3% over forward importance"),
 ]
+if 16 in DEPTH_K:
+    targets.append(target(f"depth-aware DynaLoRA {DEPTH_K[16]}/{M} / LoRA {M}/{M}", "dynalora_depth16", "lora", 0.85,
+                          "depth-aware DynaLoRA 16/24 step time <= 0.85x LoRA's"))
 import transformers  # noqa: E402
 
 threads = torch.get_num_threads()
@@ -266,7 +282,7 @@ print(f"- Gradient importance: training measures output gradients only down to t
       f"gradients only for active ones, so before each re-allocation one probe batch (forward + backward with every "
       f"module active, no optimizer step) measures all; its cost is in the re-allocation column "
       f"({1000 * rows['dynalora_gradient']['realloc_median']:.0f} ms, 1/{args.period} of it per step).")
-for key in ("dynalora_global", "dynalora_local", "dynalora_gradient", "dynavera"):
+for key in ["dynalora_global", "dynalora_local", "dynalora_gradient", "dynavera"] + [f"dynalora_depth{k}" for k in DEPTH_K]:
     low = rows[key]["lowest_active_layer"]
     print(f"- {rows[key]['label']}: lowest active layer per timed step {low} (layer 0 = backward runs through "
           f"every layer, as in LoRA; higher = backward stops earlier).")

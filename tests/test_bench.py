@@ -27,13 +27,13 @@ def run_bench(script, tmp_path, *flags):
 
 
 def test_memory_accounting(tmp_path):
-    res, _ = run_bench("memory.py", tmp_path, "--draws", "3")
+    res, out = run_bench("memory.py", tmp_path, "--draws", "3")
     rows, cfg = res["rows"], res["config"]
     M, budgets = cfg["modules"], cfg["budgets"]
     assert M == 4 and budgets == [3, 1]  # 16 and 8 of 24, scaled to 2 layers
     expected = ["frozen_forward", "full", "bitfit", "lora"]
     for k in budgets:
-        expected += [f"dynalora{k}_random", f"dynalora{k}_upper", f"dynalora{k}_lower"]
+        expected += [f"dynalora{k}_random", f"dynalora{k}_upper", f"dynalora{k}_lower", f"dynalora{k}_depth"]
     expected += ["vera", f"dynavera{budgets[0]}_random"]
     assert list(rows) == expected
     parts = ("saved", "trainable", "adapter_other", "grads", "optim")
@@ -63,21 +63,34 @@ def test_memory_accounting(tmp_path):
     assert rows["vera"]["adapter_other"] > 0  # VeRA's shared projections
     assert rows[f"dynavera{budgets[0]}_random"]["saved"] <= rows["vera"]["saved"]
     assert lora["saved_ratio"] == 1.0 and lora["overhead_ratio"] == 1.0
+    # the cost model: exact for LoRA (every module active), a bound at each depth-aware allocation's depth
+    costs = cfg["cost_model"]
+    assert [c["depth"] for c in costs] == [0, 1, 2]
+    assert (costs[-1]["saved"], costs[-1]["grads"], costs[-1]["optim"]) == (lora["saved"], lora["grads"], lora["optim"])
+    for k, depth in zip(budgets, (2, 1)):  # the fewest top layers holding k modules
+        r = rows[f"dynalora{k}_depth"]
+        assert r["max_depth"] == depth and r["predicted"] == costs[depth] and len(r["draws"]) == 3
+        for x in r["draws"]:
+            assert x["depth"] <= depth and x["saved"] <= x["predicted"]["saved"]
+            assert x["measured_total"] == x["saved"] + x["grads"] + x["optim"] <= x["predicted"]["total"]
+    assert rows["dynalora1_depth"]["saved_max"] < rows["dynalora1_random"]["saved_max"]
+    assert out.count("| depth-aware DynaLoRA 3/4, saved for backward / LoRA 4/4's |") == 1  # the 16/24 target
 
 
 def test_speed_runs_every_config(tmp_path):
     res, out = run_bench("speed.py", tmp_path, "--reps", "2", "--warmup", "0", "--vera-reference")
     rows = res["rows"]
-    assert list(rows) == ["lora", "lora_forward", "lora_gradient", "dynalora_global", "dynalora_local", "dynavera",
-                          "vera"]
+    assert list(rows) == ["lora", "lora_forward", "lora_gradient", "dynalora_global", "dynalora_local",
+                          "dynalora_gradient", "dynalora_depth16", "dynalora_depth8", "dynavera", "vera"]
     for key, r in rows.items():
         assert len(r["times"]) == 2 and all(t > 0 for t in r["times"]), key
         assert r["median"] > 0 and r["min"] <= r["median_step"] <= r["max"], key
         assert r["ratio"] > 0, key
         dynamic = key.startswith("dyna")
         assert (len(r["realloc_times"]) == 2) == dynamic and (r["median"] > r["median_step"]) == dynamic, key
+    assert rows["dynalora_depth8"]["lowest_active_layer"] == [1, 1]  # 1 of 4 modules: only the top layer's
     names = [t["name"].split(" ")[0] for t in res["targets"]]
-    assert names == ["forward", "gradient", "DynaLoRA", "DynaLoRA", "DynaLoRA"]
+    assert names == ["forward", "gradient", "DynaLoRA", "DynaLoRA", "DynaLoRA", "DynaLoRA", "depth-aware"]
     assert all(isinstance(t["met"], bool) and t["value"] > 0 for t in res["targets"])
     assert out.count("| MET |") + out.count("| MISSED |") == len(res["targets"])
 
