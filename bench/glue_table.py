@@ -54,6 +54,8 @@ METHODS = {
     "dynalora-pg": ("DynaLoRA QV/2/3/param_grad", [*LORA, "--active", "ACTIVE", "--importance", "param_grad", *DYNA]),
     "dynalora-r": ("DynaLoRA QV/2/3 (R)", [*LORA, "--active", "ACTIVE", "--importance", "random", "--allocator", "uniform",
                                            "--schedule", "periodic", "--period", "50"]),
+    "dynalora-depth": ("DynaLoRA QV/2/3/F, top 2/3 layers", [*LORA, "--active", "ACTIVE", "--max-depth", "DEPTH",
+                                                             "--importance", "forward", *DYNA]),
     "dynavera-f": ("DynaVeRA QV/2/3/F", [*VERA, "--active", "ACTIVE", "--importance", "forward", *DYNA]),
 }
 # the paired differences the report draws: (x, y), x - y
@@ -125,6 +127,7 @@ if args.layers is None:
     from transformers import AutoConfig
     args.layers = AutoConfig.from_pretrained(args.model).num_hidden_layers
 active = round(2 * 2 * args.layers / 3)  # two thirds of the query+value modules: 16 of 24 on RoBERTa-base
+depth = math.ceil(active / 2)  # depth-aware: the fewest top layers that hold them (2 per layer): 8 of 12
 TASK_DIRS = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B", "sst2": "SST-2", "qnli": "QNLI"}
 # every run: (method, task, seed, lr or None); lr is the calibration grid's, None for the budget's own
 RUNS = [(m, t, s, lr) for s in args.seeds for m in args.methods for t in args.tasks
@@ -158,7 +161,7 @@ def set_flag(flags, flag, value):
 
 def train_cmd(method, task, seed, lr):
     """The train.py command of one run; its flags are also what a finished run in that folder must match."""
-    flags = [a.replace("ACTIVE", str(active)) for a in METHODS[method][1]]
+    flags = [a.replace("ACTIVE", str(active)).replace("DEPTH", str(depth)) for a in METHODS[method][1]]
     kind = flags[flags.index("--method") + 1]
     epochs, batch, max_len, extra = args.epochs, args.batch_size, args.max_len, []
     if budget is not None:
