@@ -20,7 +20,10 @@ Holds:
 - `normalize` (eq. 2) and `discount` (eq. 3).
 - `WINDOWS` and `reset`: scores since the start (the paper's D_t) or since the last re-allocation.
 - `probe`: scores for the first allocation, from a few batches before the first optimizer step.
+- `left_as_found`: the context the probe runs in, which restores the model's state afterwards.
 """
+import contextlib
+
 import torch
 
 MEASURES = {"forward": "fwd", "gradient": "grad", "param_grad": "param_grad", "random": None}
@@ -85,6 +88,28 @@ def reset(adapters):
         a.reset_scores()
 
 
+@contextlib.contextmanager
+def left_as_found(model, adapters):
+    """Run a block that switches adapters, their tracking and train mode, and draws dropout, and leave the model
+    as it was: active states, tracking flags, train/eval mode and the random number generators restored,
+    every gradient None. The probe and memory.depth_costs run inside it."""
+    mods = _modules(adapters)
+    was_active = [a.active for a in mods]
+    was_tracking = [(a.track_forward, a.track_grad, a.track_param_grad) for a in mods]
+    was_training = model.training
+    cuda = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            for a, act, flags in zip(mods, was_active, was_tracking):
+                a.set_active(act)
+                a.track_forward, a.track_grad, a.track_param_grad = flags
+            model.train(was_training)
+            for p in model.parameters():
+                p.grad = None
+
+
 def probe(model, adapters, batches, measure, keep=False, only=None):
     """Score `batches` with every adapter active (or those named in `only`), without training.
 
@@ -105,12 +130,8 @@ def probe(model, adapters, batches, measure, keep=False, only=None):
         return None
     mods = _modules(adapters)
     on = [True] * len(mods) if only is None else [name in set(only) for name in adapters]
-    was_active = [a.active for a in mods]
-    was_tracking = [(a.track_forward, a.track_grad, a.track_param_grad) for a in mods]
-    was_training = model.training
     y, n = None, 0
-    cuda = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
-    with torch.random.fork_rng(devices=cuda):  # the probe's dropout draws leave no trace
+    with left_as_found(model, mods):  # the probe's dropout draws leave no trace
         try:
             set_tracking(mods, measure)
             if not keep:
@@ -130,12 +151,6 @@ def probe(model, adapters, batches, measure, keep=False, only=None):
                     n += 1
             y = None if keep else scores(mods, measure)
         finally:
-            for a, act, flags in zip(mods, was_active, was_tracking):
-                a.set_active(act)
-                a.track_forward, a.track_grad, a.track_param_grad = flags
-            model.train(was_training)
-            for p in model.parameters():
-                p.grad = None
             if not keep:
                 reset(mods)
     return y if n else None

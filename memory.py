@@ -18,6 +18,7 @@ counts that memory from the tensors themselves, never from a process-level readi
 import torch
 
 import allocate
+import importance
 
 
 def storage_bytes(tensors):
@@ -96,38 +97,25 @@ def depth_costs(model, adapters, batch, head_params):
     The model is left as it was: active states, importance tracking flags, train/eval mode, gradients (None)
     and the random number generators (dropout draws) are restored, and nothing is accumulated.
     """
-    names = list(adapters)
-    mods = list(adapters.values())
-    was_active = [a.active for a in mods]
-    was_tracking = [(a.track_forward, a.track_grad, a.track_param_grad) for a in mods]
-    was_training = model.training
+    names, mods = list(adapters), list(adapters.values())
     layers = sorted({allocate.layer_of(n) for n in names})
     rec = SavedForBackward(model)
     costs = []
-    cuda = sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)
-    with torch.random.fork_rng(devices=cuda):  # the forwards' dropout draws leave no trace
-        try:
-            for a in mods:
-                a.track_forward = a.track_grad = a.track_param_grad = False
-            model.train()
-            for d in range(len(layers) + 1):
-                allocate.apply(adapters, allocate.top_layers(names, d))
-                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t):
-                    out = model(**batch)
-                if getattr(out, "loss", None) is None:
-                    raise ValueError("the cost model's batch needs labels so that the model returns a loss")
-                saved = rec.bytes()
-                del out  # frees the graph and what it saved before the next depth
-                trained = [p for a in mods if a.active for p in a.adapter_params()] + list(head_params)
-                grads, optim = gradient_bytes(trained), adamw_state_bytes(trained)
-                costs.append(dict(depth=d, saved=saved, grads=grads, optim=optim, total=saved + grads + optim))
-        finally:
-            for a, act, flags in zip(mods, was_active, was_tracking):
-                a.set_active(act)
-                a.track_forward, a.track_grad, a.track_param_grad = flags
-            model.train(was_training)
-            for p in model.parameters():
-                p.grad = None
+    with importance.left_as_found(model, adapters):  # the forwards' dropout draws leave no trace
+        for a in mods:
+            a.track_forward = a.track_grad = a.track_param_grad = False
+        model.train()
+        for d in range(len(layers) + 1):
+            allocate.apply(adapters, allocate.top_layers(names, d))
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t):
+                out = model(**batch)
+            if getattr(out, "loss", None) is None:
+                raise ValueError("the cost model's batch needs labels so that the model returns a loss")
+            saved = rec.bytes()
+            del out  # frees the graph and what it saved before the next depth
+            trained = [p for a in mods if a.active for p in a.adapter_params()] + list(head_params)
+            grads, optim = gradient_bytes(trained), adamw_state_bytes(trained)
+            costs.append(dict(depth=d, saved=saved, grads=grads, optim=optim, total=saved + grads + optim))
     return costs
 
 
