@@ -215,10 +215,9 @@ if depth_budget:  # the floor is fixed for the run (README: depth-aware allocati
     n_layers = len({allocate.layer_of(n) for n in names})
     if args.max_depth is not None and args.max_depth > n_layers:
         fail(f"--max-depth {args.max_depth} is more than the {n_layers} layers that hold adapter modules")
-    # the cost model, measured once on the widest batch shape training will see: the batch_size longest examples
-    widest = sorted(train_set, key=lambda ex: len(ex["input_ids"]))[-args.batch_size:]
-    costs = memory.depth_costs(model, adapters, {k: v.to(device) for k, v in glue.collate(widest, pad_id).items()},
-                               head_params)
+    widest = sorted(train_set, key=lambda ex: len(ex["input_ids"]))[-args.batch_size:]  # the widest batch shape
+    wide = {k: v.to(device) for k, v in glue.collate(widest, pad_id).items()}
+    costs = memory.depth_costs(model, adapters, wide, head_params)  # the cost model, measured once, on that batch
     try:
         max_depth = args.max_depth or memory.depth_for_budget(costs, args.memory_budget)
     except ValueError as e:
@@ -227,9 +226,8 @@ if depth_budget:  # the floor is fixed for the run (README: depth-aware allocati
     if args.active is not None and args.active > len(eligible):
         fail(f"--active {args.active} is more than the {len(eligible)} adapter modules in the top {max_depth} "
              f"of {n_layers} layers that the depth budget allows")
-    print(f"depth budget: top {max_depth} of {n_layers} layers, {len(eligible)} of {len(names)} modules; predicted memory"
-          f" <= {costs[max_depth]['total'] / costs[-1]['total']:.3f} of LoRA's {costs[-1]['total'] / 2**20:.2f} MiB "
-          f"at {len(widest)} x {len(widest[-1]['input_ids'])} tokens")
+    print(f"depth budget: top {max_depth} of {n_layers} layers, {len(eligible)} of {len(names)} modules; predicted memory <="
+          f" {costs[max_depth]['total'] / costs[-1]['total']:.3f} of LoRA's {costs[-1]['total'] / 2**20:.2f} MiB")
 if dynamic:
     try:
         alloc = allocate.Allocation(names, "threshold" if args.threshold is not None else args.allocator,
@@ -325,8 +323,7 @@ def log(obj):
 
 
 def log_allocation(step, active):
-    """An allocation: its modules, the scores it chose from, its depth and, under a depth budget, its predicted
-    training memory (the cost model at its depth: exact when every module from its lowest one up is active)."""
+    """An allocation, its scores, depth and (depth budget) predicted bytes: the cost model at its depth."""
     d = allocate.depth(active, names)
     log({"step": step, "active": active, "scores": alloc.scores, "depth": d,
          **({"predicted_bytes": costs[d]["total"]} if costs else {})})
