@@ -433,8 +433,7 @@ def test_dynamic_heterolora_with_shortcuts_under_a_parameter_budget(tmp_path, ti
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
-@pytest.mark.parametrize("measure", ["synflow", "param_grad"])
-def test_static_heterolora_allocates_once_before_step_0(tmp_path, tiny_model, glue_dir, measure):
+def test_static_heterolora_allocates_once_before_step_0(tmp_path, tiny_model, glue_dir, measure="synflow"):
     out = tmp_path / "run"
     run_train("--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, "--targets", "query,value,s_res2",
               "--param-budget", 3 * 128, "--importance", measure, "--allocator", "topk", "--schedule", "static",
@@ -453,8 +452,7 @@ def test_heterolora_bad_input_gives_one_clear_line(tmp_path, tiny_model, glue_di
     base = ["--task", "rte", "--model", tiny_model, "--data-dir", glue_dir, *FAST]
     cases = [(["--param-budget", 10], "smallest module's 128"),
              (["--param-budget", 500, "--active", 2], "three budgets"),
-             (["--method", "vera", "--targets", "query,s_in"], "need --method lora"),
-             (["--period-epochs", 0], "--period-epochs must be > 0")]
+             (["--method", "vera", "--targets", "query,s_in"], "need --method lora")]
     for i, (flags, message) in enumerate(cases):
         proc = run_train(*base, *flags, "--output-dir", tmp_path / str(i), check=False)
         lines = proc.stderr.strip().splitlines()
