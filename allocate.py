@@ -4,7 +4,11 @@ Holds:
 - Allocators (3.2), plain functions (scores, budget, generator, counts=None) -> sorted module indices:
   `topk`, `threshold`, `multinomial` (the paper's "stochastic"), `discounted` ("discounted stochastic",
   eq. 3) and `uniform` (random selection, the paper's "R"). Random ones draw from a seeded CPU generator.
-- Schedules (3.3): `due(schedule, step, period, realloc_at)`, `once` or `periodic`.
+- Parameter budgets (HeteroLoRA, Zhang et al. 2024, compares at equal trainable parameters and modules differ
+  in size): `ORDERS` gives each allocator but threshold as a full priority order over the modules, and
+  `by_params` takes modules in that order while their adapter parameters fit the budget.
+- Schedules (3.3): `due(schedule, step, period, realloc_at)`, `once`, `periodic` or `static` (HeteroLoRA's
+  static search: the allocation before step 0 is the only one).
 - `apply`: flips each adapter through `set_active`; the active set is a plain list of module names.
 - Depth (depth-aware allocation): `layer_of` a module, `top_layers` (the modules of the top D layers, the
   eligible set under a depth budget), `min_depth` (the fewest top layers holding k modules) and `depth`
@@ -24,7 +28,7 @@ import torch
 
 import importance
 
-SCHEDULES = ("once", "periodic")
+SCHEDULES = ("once", "periodic", "static")
 OPTIMIZERS = ("global", "local")
 
 
@@ -92,16 +96,21 @@ def multinomial(scores, budget, generator=None, counts=None):
     return sorted(_sample(importance.normalize(s), k, generator).tolist())
 
 
-def discounted(scores, budget, generator=None, counts=None):
-    """As multinomial, on the normalised score divided by C = 1 + n_updates (eq. 3): favours rarely trained modules."""
-    s = _host(scores)
-    k = check_k(budget, len(s))
+def _discounted_weights(s, counts):
+    """The discounted allocator's draw weights: the normalised score divided by C = 1 + n_updates (eq. 3)."""
     if counts is None:
         raise ValueError("the discounted allocator needs counts (each module's n_updates)")
     c = _host(counts)
     if c.shape != s.shape:
         raise ValueError(f"counts has shape {tuple(c.shape)}, scores {tuple(s.shape)}; need one of each per module")
-    return sorted(_sample(importance.discount(importance.normalize(s), c), k, generator).tolist())
+    return importance.discount(importance.normalize(s), c)
+
+
+def discounted(scores, budget, generator=None, counts=None):
+    """As multinomial, on the normalised score divided by C = 1 + n_updates (eq. 3): favours rarely trained modules."""
+    s = _host(scores)
+    k = check_k(budget, len(s))
+    return sorted(_sample(_discounted_weights(s, counts), k, generator).tolist())
 
 
 def uniform(scores, budget, generator=None, counts=None):
@@ -113,6 +122,39 @@ def uniform(scores, budget, generator=None, counts=None):
 
 ALLOCATORS = {"topk": topk, "threshold": threshold, "multinomial": multinomial,
               "discounted": discounted, "uniform": uniform}
+
+
+# ----------------------------------------------------------------------------- parameter budgets
+
+# allocator -> (scores, generator, counts) -> every module index, most preferred first: what the allocator
+# would pick for k = 1, 2, ..., M (the random ones draw successively without replacement, as for a fixed k)
+ORDERS = {
+    "topk": lambda s, g, c: torch.sort(_host(s), descending=True, stable=True).indices.tolist(),
+    "multinomial": lambda s, g, c: _sample(importance.normalize(_host(s)), len(_host(s)), g).tolist(),
+    "discounted": lambda s, g, c: _sample(_discounted_weights(_host(s), c), len(_host(s)), g).tolist(),
+    "uniform": lambda s, g, c: torch.randperm(len(_host(s)), generator=g).tolist(),
+}
+
+
+def check_param_budget(budget, sizes):
+    """sizes: trainable adapter parameters of each module. The budget must hold at least the smallest module."""
+    if not sizes or any(not _is_int_at_least(n, 1) for n in sizes):
+        raise ValueError(f"module sizes must be positive integers, one per module, got {sizes}")
+    if not _is_int_at_least(budget, min(sizes)):
+        raise ValueError(f"the parameter budget must be an integer of at least the smallest module's {min(sizes):,} "
+                         f"adapter parameters, got {budget}")
+    return int(budget)
+
+
+def by_params(order, sizes, budget):
+    """Walk `order` and take each module whose parameters still fit in `budget`: never more than `budget` in
+    all, and no module left out would fit. Returns the sorted indices."""
+    chosen, used = [], 0
+    for i in order:
+        if used + sizes[i] <= budget:
+            chosen.append(i)
+            used += sizes[i]
+    return sorted(chosen)
 
 
 # ----------------------------------------------------------------------------- schedules (3.3)
@@ -133,6 +175,8 @@ def check_schedule(schedule, period, realloc_at):
 def due(schedule, step, period=None, realloc_at=None):
     """Re-allocate now? `step` = optimizer steps completed. The allocation at step 0 is `Allocation.initial`."""
     check_schedule(schedule, period, realloc_at)
+    if schedule == "static":
+        return False
     if schedule == "once":
         return step == realloc_at
     return step > 0 and step % period == 0
@@ -192,7 +236,9 @@ def depth(active, names):
 class Allocation:
     """Which modules train: chooses, applies and records the active set; plain data plus a CPU generator.
 
-    `budget` is k (modules trained at a time) for every allocator but `threshold`, where it is p.
+    `budget` is k (modules trained at a time) for every allocator but `threshold`, where it is p. With
+    `param_budget` N and `sizes` (each module's trainable adapter parameters) instead, at most N adapter
+    parameters are active at a time: `by_params` on the allocator's order (`ORDERS`; not `threshold`).
     Call `initial(adapters, scores)` before the first step, and `step(step, adapters)` right after every
     optimizer step. `active` is the current list of names, `history` the list of (step, names), `scores` the
     (host) scores the last allocation chose from, in module order (None for a uniform first allocation).
@@ -204,7 +250,7 @@ class Allocation:
     """
 
     def __init__(self, names, allocator, budget, measure="forward", schedule="periodic", period=50,
-                 realloc_at=None, window="cumulative", seed=0, eligible=None):
+                 realloc_at=None, window="cumulative", seed=0, eligible=None, param_budget=None, sizes=None):
         self.names = list(names)
         chosen = set(self.names if eligible is None else eligible)
         if not chosen or chosen - set(self.names):
@@ -212,7 +258,18 @@ class Allocation:
                              f"{sorted(chosen - set(self.names))[:3] or 'none'}")
         self._pool = [i for i, n in enumerate(self.names) if n in chosen]  # indices the allocator draws from
         self.eligible = None if len(self._pool) == len(self.names) else [self.names[i] for i in self._pool]
-        self.budget = check_budget(allocator, budget, len(self._pool))
+        self.param_budget, self.sizes = None, None
+        if param_budget is None:
+            self.budget = check_budget(allocator, budget, len(self._pool))
+        elif allocator not in ORDERS or budget is not None:
+            raise ValueError(f"a parameter budget replaces k and works with {', '.join(ORDERS)}; got allocator "
+                             f"'{allocator}' and budget {budget}")
+        else:
+            sizes = list(sizes) if sizes is not None else []
+            if len(sizes) != len(self.names):
+                raise ValueError(f"got {len(sizes)} module sizes for {len(self.names)} modules; need one per module")
+            self.param_budget, self.budget = check_param_budget(param_budget, [sizes[i] for i in self._pool]), None
+            self.sizes = [int(n) for n in sizes]
         importance.check_measure(measure)
         check_schedule(schedule, period, realloc_at)
         importance.check_window(window)
@@ -227,7 +284,8 @@ class Allocation:
     def config(self):
         return {"names": list(self.names), "allocator": self.allocator, "budget": self.budget, "measure": self.measure,
                 "schedule": self.schedule, "period": self.period, "realloc_at": self.realloc_at,
-                "window": self.window, "seed": self.seed, "eligible": self.eligible}
+                "window": self.window, "seed": self.seed, "eligible": self.eligible,
+                "param_budget": self.param_budget, "sizes": self.sizes}
 
     def due(self, step):
         """Does the schedule re-allocate after optimizer step number `step`?"""
@@ -236,6 +294,9 @@ class Allocation:
     def _pick(self, scores, counts):
         """The allocator's choice among the eligible modules, as indices into `names`."""
         pool = torch.tensor(self._pool)
+        if self.param_budget is not None:
+            order = ORDERS[self.allocator](scores[pool], self.generator, counts[pool])
+            return [self._pool[i] for i in by_params(order, [self.sizes[i] for i in self._pool], self.param_budget)]
         return [self._pool[i] for i in ALLOCATORS[self.allocator](scores[pool], self.budget, self.generator,
                                                                   counts[pool])]
 
@@ -254,6 +315,10 @@ class Allocation:
             raise ValueError("the adapters do not match the module names this Allocation was made for")
         if scores is None:
             m = len(self._pool)
+            if self.param_budget is not None:
+                order = ORDERS["uniform"](torch.ones(m), self.generator, None)
+                idx = by_params(order, [self.sizes[i] for i in self._pool], self.param_budget)
+                return self._choose(0, adapters, [self._pool[i] for i in idx])
             k = len(threshold(torch.ones(m), self.budget)) if self.allocator == "threshold" else self.budget
             return self._choose(0, adapters, [self._pool[i] for i in uniform(torch.ones(m), k, self.generator)])
         scores = torch.as_tensor(scores).cpu()

@@ -20,8 +20,11 @@ on different numbers of tokens or passes compare fairly:
 - `param_grad_score` / `param_grad_count`: sum over backward passes of the adapter's own gradient norms
   (||grad A|| + ||grad B|| for LoRA, the HeteroLoRA proxy) and the number of passes. Only active modules have
   adapter gradients in training; the re-allocation probe measures the others.
+- `snip_score` / `snip_count`: sum over backward passes of sum |theta * grad theta| over the adapter's own
+  weights (SNIP, Lee et al. 2019, a HeteroLoRA proxy) and the number of passes; recorded as param_grad is.
+- `synflow_score` / `synflow_count`: SynFlow (Tanaka et al. 2020), data-free; written only by importance.probe.
 - `n_updates`: optimizer updates this module received (C in eq. 3), counted by allocate.Allocation.step.
-Flags `track_forward`, `track_grad` and `track_param_grad` switch each sum on; all are off by default
+Flags `track_forward`, `track_grad`, `track_param_grad` and `track_snip` switch each sum on; all are off by default
 and cost nothing then. Only training passes count: in eval mode or under torch.no_grad() nothing accumulates.
 Padding: `inject` registers a forward pre-hook on the model that hands the `attention_mask` of each call to
 its adapters (`TokenMask`), so a plain `model(**batch)` in training mode counts real tokens only. Norms are
@@ -53,7 +56,7 @@ TARGETS_ORDER = {t: i for i, t in enumerate(TARGETS)}
 HEAD_NAMES = ("classifier", "score")  # the task head of HF *ForSequenceClassification models
 
 
-SCORES = ("fwd", "grad", "param_grad")  # each has a <name>_score sum and a <name>_count
+SCORES = ("fwd", "grad", "param_grad", "snip", "synflow")  # each has a <name>_score sum and a <name>_count
 
 
 class TokenMask:
@@ -95,24 +98,30 @@ class Adapter(nn.Module):
             raise TypeError(f"can only wrap an nn.Linear once, got {type(base).__name__}")
         self.base = base
         self.base.requires_grad_(False)
-        self.in_features, self.out_features = base.in_features, base.out_features
+        self._init_state(base.in_features, base.out_features, base.weight.device)
+
+    def _init_state(self, in_features, out_features, device):
+        """Switches and importance accumulators; also used by adapters whose frozen part is no nn.Linear
+        (shortcuts.Shortcut)."""
+        self.in_features, self.out_features = in_features, out_features
         self.active = True    # trained (requires grad) or not; an inactive adapter still adds its delta
         self.merged = False
         self.track_forward = False     # fwd_score
         self.track_grad = False        # grad_score
         self.track_param_grad = False  # param_grad_score
+        self.track_snip = False        # snip_score
         self.token_mask = None         # a TokenMask shared by the model's adapters (set by inject)
         for name in SCORES:
-            self.register_buffer(f"{name}_score", torch.zeros((), device=base.weight.device))
-            self.register_buffer(f"{name}_count", torch.zeros((), dtype=torch.float64, device=base.weight.device))
-        self.register_buffer("n_updates", torch.zeros((), dtype=torch.long, device=base.weight.device))
+            self.register_buffer(f"{name}_score", torch.zeros((), device=device))
+            self.register_buffer(f"{name}_count", torch.zeros((), dtype=torch.float64, device=device))
+        self.register_buffer("n_updates", torch.zeros((), dtype=torch.long, device=device))
 
     def _init_hooks(self):
         # called by subclasses once their parameters exist, and again after a copy (deepcopy drops tensor hooks)
         for i, p in enumerate(self.adapter_params()):
             was = p.requires_grad
             p.requires_grad_(True)  # a hook needs it; the hook stays through later set_active switches
-            p.register_hook(functools.partial(self._param_grad_hook, i == 0))  # this pass's gradient, not .grad
+            p.register_hook(functools.partial(self._param_grad_hook, i))  # this pass's gradient, not .grad
             p.requires_grad_(was)
 
     def __setstate__(self, state):
@@ -141,12 +150,19 @@ class Adapter(nn.Module):
             self.grad_score += total
             self.grad_count += n
 
-    def _param_grad_hook(self, counts_the_pass, g):
+    def _param_grad_hook(self, i, g):
+        # one count per backward pass, from the first adapter parameter's hook (i == 0)
         if self.track_param_grad and self.training:
             with torch.no_grad():
                 self.param_grad_score += torch.linalg.vector_norm(g, dtype=torch.float32)
-                if counts_the_pass:  # one count per backward pass, from the first adapter parameter's hook
+                if i == 0:
                     self.param_grad_count += 1
+        if self.track_snip and self.training:
+            with torch.no_grad():  # sum |theta * grad|: SNIP's connection sensitivity, summed over the weight
+                self.snip_score += torch.linalg.vector_norm(self.adapter_params()[i].detach() * g, ord=1,
+                                                            dtype=torch.float32)
+                if i == 0:
+                    self.snip_count += 1
 
     def set_active(self, active: bool):
         """The one switch: an inactive adapter has no grad, is skipped by optimizers, saves no activations."""
@@ -171,13 +187,15 @@ class Adapter(nn.Module):
 class LoRALinear(Adapter):
     def __init__(self, base: nn.Linear, r=8, alpha=8.0, dropout=0.0, rslora=False):
         super().__init__(base)
+        self._init_lora(r, alpha, dropout, rslora, base.weight.dtype, base.weight.device)
+
+    def _init_lora(self, r, alpha, dropout, rslora, dtype, device):
         if int(r) != r or r < 1:
             raise ValueError(f"LoRA rank r must be an integer >= 1, got {r}")
         self.r, self.alpha = int(r), float(alpha)
         self.scaling = self.alpha / (math.sqrt(self.r) if rslora else self.r)
-        w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r, dtype=w.dtype, device=w.device))
+        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r, dtype=dtype, device=device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as in the LoRA paper's loralib
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self._init_hooks()
@@ -218,20 +236,28 @@ def inject(model, targets, make_adapter):
     if not found:
         raise ValueError(f"no nn.Linear in {type(model).__name__} matches targets {names} "
                          "(expected BERT/RoBERTa-style module names such as encoder.layer.0.attention.self.query)")
-    head = head_parameters(model)  # fails before the model is changed if there is no task head
-    model.requires_grad_(False)
-    adapters, token_mask = {}, TokenMask()
+    token_mask = freeze(model)
+    adapters = {}
     for _, _, path in sorted(found):
         parent_path, _, child = path.rpartition(".")
         parent = model.get_submodule(parent_path)
         adapters[path] = make_adapter(getattr(parent, child))
         adapters[path].token_mask = token_mask
         setattr(parent, child, adapters[path])
-    model.register_forward_pre_hook(token_mask, with_kwargs=True)  # scores count real tokens only
-    model.register_forward_hook(token_mask.clear, always_call=True)
+    return adapters
+
+
+def freeze(model):
+    """Freeze all but the task head and register a TokenMask on the model (a forward pre-hook reading
+    `attention_mask`, a forward hook clearing it); returns the TokenMask for the adapters to be added."""
+    head = head_parameters(model)  # fails before the model is changed if there is no task head
+    model.requires_grad_(False)
     for p in head:
         p.requires_grad_(True)
-    return adapters
+    token_mask = TokenMask()
+    model.register_forward_pre_hook(token_mask, with_kwargs=True)  # scores count real tokens only
+    model.register_forward_hook(token_mask.clear, always_call=True)
+    return token_mask
 
 
 
@@ -253,9 +279,18 @@ def head_parameters(model):
     return [p for m in head_modules(model).values() for p in m.parameters()]
 
 
+def check_mergeable(adapters, what):
+    """Refuse adapters whose frozen part is no nn.Linear (shortcuts.Shortcut): no plain weight can hold them."""
+    fixed = [path for path, a in adapters.items() if not isinstance(a.base, nn.Linear)]
+    if fixed:
+        raise ValueError(f"{what}: {fixed[0]} is a shortcut adapter, which plain weights cannot hold; "
+                         "shortcuts.export_merged writes it beside the merged model")
+
+
 @torch.no_grad()
 def merge(adapters):
     """W <- W + dW for every adapter; forward then uses the base layer alone. Explicit, never via .eval()."""
+    check_mergeable(adapters, "merge")
     for a in adapters.values():
         if not a.merged:
             a.base.weight += a.delta_weight().to(a.base.weight.dtype)
@@ -334,6 +369,7 @@ def export_peft(out_dir, model, adapters, base_model_name_or_path=""):
     first = next(iter(adapters.values()))
     if not all(isinstance(a, LoRALinear) for a in adapters.values()):
         raise ValueError("the PEFT export is for LoRA adapters")
+    check_mergeable(adapters, "the PEFT export")
     if len({(a.r, a.alpha, a.scaling) for a in adapters.values()}) != 1:
         raise ValueError("the PEFT export needs one r and alpha for all adapters")
     heads = head_modules(model)
@@ -362,7 +398,8 @@ def export_peft(out_dir, model, adapters, base_model_name_or_path=""):
 
 @torch.no_grad()
 def merged_state_dict(model, adapters):
-    """The model's state dict with every adapter folded into a plain Linear: W + dW, original key names."""
+    """The model's state dict with every adapter folded into a plain Linear: W + dW, original key names.
+    A shortcut adapter (shortcuts.py) has no weight to fold into: its keys are left out."""
     sd = {}
     prefixes = {path + ".": a for path, a in adapters.items()}
     for k, v in model.state_dict().items():
@@ -380,6 +417,7 @@ def merged_state_dict(model, adapters):
 
 def export_merged(out_dir, model, adapters, tokenizer=None):
     """A plain Hugging Face model directory with the adapters merged (AutoModel...from_pretrained loads it)."""
+    check_mergeable(adapters, "the merged export")
     sd = merged_state_dict(model, adapters)
     plain = type(model)(model.config)
     plain.load_state_dict(sd, strict=True)

@@ -8,6 +8,13 @@ DynaLoRA (Brouwers et al. 2024): only `--active K` of the adapter modules (or th
   python train.py --task rte --method lora --active 16          # DynaLoRA QV/16/F
   python train.py --task rte --method lora --active 8 --max-depth 8   # depth-aware: only the top 8 layers train
   python train.py --task rte --model DIR --data-dir glue_data   # offline, on local files
+
+HeteroLoRA (Zhang et al. 2024): a zero-cost proxy picks the modules under a parameter budget, once before step 0
+(--schedule static) or every N steps; shortcut adapters (s_res1, s_res2, s_in, s_cut) widen the search space.
+
+  python train.py --task mrpc --param-budget 196608 --importance snip --allocator topk --schedule static
+  python train.py --task mrpc --targets query,value,s_res1,s_res2,s_in,s_cut --param-budget 294912 \
+      --importance param_grad --allocator topk --period-epochs 0.2 --window since_last
 """
 import argparse
 import functools
@@ -26,6 +33,7 @@ import glue
 import importance
 import lora
 import memory
+import shortcuts
 import vera
 
 # ----------------------------------------------------------------------------- flags
@@ -34,7 +42,8 @@ p.add_argument("--task", required=True, help="GLUE task: sst2, mrpc, cola, qnli,
 p.add_argument("--model", default="roberta-base", help="hub name or local Hugging Face model directory")
 p.add_argument("--data-dir", default=None, help="classic GLUE TSV folder (TASK/train.tsv, TASK/dev.tsv); default: the HF hub")
 p.add_argument("--method", default="lora", choices=["lora", "vera", "full", "bitfit"], help="what is trained")
-p.add_argument("--targets", default="query,value", help=f"adapted linears, comma-separated from {','.join(lora.TARGETS)} or all")
+p.add_argument("--targets", default="query,value", help=f"adapted modules, comma-separated from {','.join(lora.TARGETS)} "
+               f"or all, and LoRA's shortcut adapters {','.join(shortcuts.TARGETS)}")
 p.add_argument("--rank", type=int, default=None, help="adapter rank r (default: LoRA 8, VeRA 1024)")
 p.add_argument("--alpha", type=float, default=None, help="LoRA alpha; scaling = alpha/r (default: = LoRA's 8)")
 p.add_argument("--rslora", action="store_true", help="LoRA scaling alpha/sqrt(r) instead of alpha/r")
@@ -43,11 +52,13 @@ p.add_argument("--vera-seed", type=int, default=0, help="seed of VeRA's shared r
 p.add_argument("--dropout", type=float, default=0.0, help="dropout on the adapter input (active adapters only)")
 p.add_argument("--active", type=int, default=None, help="DynaLoRA: train K adapter modules at a time (omit: all)")
 p.add_argument("--threshold", type=float, default=None, help="DynaLoRA: train the smallest set with importance share >= P")
+p.add_argument("--param-budget", type=int, default=None, help="HeteroLoRA: at most N trainable adapter parameters active at a time (instead of --active)")
 p.add_argument("--allocator", default="discounted", choices=list(allocate.ALLOCATORS), help="how modules are picked")
 p.add_argument("--importance", default="forward", choices=list(importance.MEASURES), help="module importance measure")
 p.add_argument("--window", default="cumulative", choices=list(importance.WINDOWS), help="scores since start or since last re-allocation")
 p.add_argument("--schedule", default="periodic", choices=list(allocate.SCHEDULES), help="re-allocate once (at --realloc-at) or every --period steps")
 p.add_argument("--period", type=int, default=50, help="periodic schedule: steps between re-allocations")
+p.add_argument("--period-epochs", type=float, default=None, help="periodic schedule: re-allocate every F epochs, rounded up to steps (0.2: HeteroLoRA's 1/5 epoch); overrides --period")
 p.add_argument("--realloc-at", type=int, default=None, help="once schedule: step of the single re-allocation (default: 10%% of training)")
 p.add_argument("--max-depth", type=int, default=None, help="depth budget: active modules only in the top D layers, so backward never goes deeper")
 p.add_argument("--memory-budget", type=float, default=None, help="depth budget: at most this fraction of LoRA's training memory (saved for backward + grads + AdamW state)")
@@ -106,9 +117,15 @@ for k, v in defaults.items():
         setattr(args, k, v)
 if args.head_lr is None:
     args.head_lr = args.lr
-dynamic = args.active is not None or args.threshold is not None
-if args.active is not None and args.threshold is not None:
-    fail("--active and --threshold are two budgets; give one")
+dynamic = args.active is not None or args.threshold is not None or args.param_budget is not None
+if sum(b is not None for b in (args.active, args.threshold, args.param_budget)) > 1:
+    fail("--active, --threshold and --param-budget are three budgets; give one")
+if shortcuts.split_targets(args.targets)[1] and args.method != "lora":
+    fail(f"{','.join(shortcuts.TARGETS)} are LoRA-adapted shortcuts (HeteroLoRA); they need --method lora")
+if args.method == "vera" and args.importance in importance.ZERO_B:
+    fail(f"--importance {args.importance} scores LoRA's A and B; VeRA's lambda_b = 0 at init would score every module 0")
+if args.period_epochs is not None and not args.period_epochs > 0:
+    fail(f"--period-epochs must be > 0, got {args.period_epochs}")
 if dynamic and args.method not in ("lora", "vera"):
     fail(f"--active/--threshold allocate adapter modules; --method {args.method} has none")
 depth_budget = args.max_depth is not None or args.memory_budget is not None
@@ -186,8 +203,8 @@ pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 adapters = {}
 try:
     if args.method == "lora":
-        adapters = lora.inject(model, args.targets, lambda lin: lora.LoRALinear(
-            lin, r=args.rank, alpha=args.alpha, dropout=args.dropout, rslora=args.rslora))
+        adapters = shortcuts.inject(model, args.targets, r=args.rank, alpha=args.alpha, dropout=args.dropout,
+                                    rslora=args.rslora)  # lora.inject, plus shortcut adapters if targeted
     elif args.method == "vera":
         adapters = vera.inject_vera(model, args.targets, r=args.rank, d_initial=args.d_initial,
                                     dropout=args.dropout, seed=args.vera_seed)
@@ -210,6 +227,8 @@ steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
 total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
 warmup_steps = int(args.warmup_ratio * total_steps)
 eval_every = args.eval_every or steps_per_epoch
+period = math.ceil(args.period_epochs * steps_per_epoch) if args.period_epochs else args.period
+sizes = [sum(prm.numel() for prm in a.adapter_params()) for a in adapters.values()]  # per module, for --param-budget
 alloc, eligible, costs, max_depth = None, None, None, None
 if depth_budget:  # the floor is fixed for the run (README: depth-aware allocation)
     n_layers = len({allocate.layer_of(n) for n in names})
@@ -232,12 +251,14 @@ if dynamic:
     try:
         alloc = allocate.Allocation(names, "threshold" if args.threshold is not None else args.allocator,
                                     args.threshold if args.threshold is not None else args.active,
-                                    measure=args.importance, schedule=args.schedule, period=args.period,
+                                    measure=args.importance, schedule=args.schedule, period=period,
                                     realloc_at=args.realloc_at or max(1, total_steps // 10), window=args.window,
-                                    seed=args.seed, eligible=eligible)
+                                    seed=args.seed, eligible=eligible, param_budget=args.param_budget,
+                                    sizes=sizes if args.param_budget is not None else None)
     except ValueError as e:
         fail(e)
-    importance.set_tracking(adapters, args.importance)
+    if args.schedule != "static":  # static: the probe before step 0 is the only measurement
+        importance.set_tracking(adapters, args.importance)
 
 
 train_lengths = [len(ex["input_ids"]) for ex in train_set]
@@ -269,11 +290,12 @@ def evaluate():
 
 
 opt_params = dict(adapters=adapters, head_params=head_params) if adapters else dict(params=plain_params)
-# local: each module warms up over its share of the steps (k/M; 1 for --threshold, whose k varies)
+# local: each module warms up over its share of the steps (k/M, or N over all adapter parameters for --param-budget;
+# 1 for --threshold, whose k varies)
+share = args.active / len(names) if args.active else min(1.0, args.param_budget / sum(sizes)) if args.param_budget else 1.0
 optimizer, scheduler = allocate.build_optimizer(args.optimizer if adapters else "global", lr=args.lr, head_lr=args.head_lr,
                                                 weight_decay=args.weight_decay, total_steps=total_steps,
-                                                warmup_steps=warmup_steps, **opt_params,
-                                                active_share=args.active / len(names) if args.active else 1.0)
+                                                warmup_steps=warmup_steps, **opt_params, active_share=share)
 
 # ----------------------------------------------------------------------------- resume or start
 metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
@@ -416,11 +438,12 @@ wall = wall_before + time.time() - t0
 def write_selection(fractions):
     """selection.csv/.png: fraction of steps each module was active, layers x module type (paper Figs. 4-5)."""
     import re
-    kinds = [k for k in lora.TARGETS if any(re.search(lora.TARGETS[k], n) for n in fractions)]
+    targets = {**lora.TARGETS, **shortcuts.TARGETS}  # LoRA modules, then shortcut adapters
+    kinds = [k for k in targets if any(re.search(targets[k], n) for n in fractions)]
     grid = {}
     for n, f in fractions.items():
         layer = int(re.search(r"\.layer\.(\d+)\.", n).group(1))
-        grid[layer, next(k for k in kinds if re.search(lora.TARGETS[k], n))] = f
+        grid[layer, next(k for k in kinds if re.search(targets[k], n))] = f
     layers = sorted({layer for layer, _ in grid})
     with open(os.path.join(args.output_dir, "selection.csv.tmp"), "w") as f:
         f.write("layer," + ",".join(kinds) + "\n")
@@ -482,14 +505,17 @@ results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_me
            "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
            "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit, "max_depth": max_depth,
            "predicted_bytes": costs[max_depth]["total"] if costs else None}
-if args.method == "lora":
+with_shortcuts = any(isinstance(a, shortcuts.Shortcut) for a in adapters.values())
+if args.method == "lora" and not with_shortcuts:
     lora.export_peft(os.path.join(args.output_dir, "adapter"), model, adapters, base_model_name_or_path=args.model)
-elif args.method == "vera":
+elif adapters:  # VeRA, or LoRA with shortcut adapters, which PEFT's format cannot hold: our safetensors
     os.makedirs(os.path.join(args.output_dir, "adapter"), exist_ok=True)
-    lora.save_adapters(os.path.join(args.output_dir, "adapter", "adapter_model.safetensors"), model, adapters,
-                       metadata={"method": "vera", "r": str(args.rank), "vera_seed": str(args.vera_seed),
-                                 "targets": args.targets, "base_model": args.model})
-lora.export_merged(os.path.join(args.output_dir, "merged"), model, adapters, tokenizer)
+    meta = {"method": args.method, "r": str(args.rank), "targets": args.targets, "base_model": args.model}
+    meta.update({"vera_seed": str(args.vera_seed)} if args.method == "vera" else {"alpha": str(args.alpha)})
+    lora.save_adapters(os.path.join(args.output_dir, "adapter", "adapter_model.safetensors"), model, adapters, meta)
+if shortcuts.export_merged(os.path.join(args.output_dir, "merged"), model, adapters, tokenizer):
+    print(f"note: shortcut adapters rewire the layers, so no plain weight holds them: {args.output_dir}/merged is the "
+          f"model with the LoRA modules merged, plus {shortcuts.FILE}; load both with shortcuts.load_merged(dir)")
 if fractions is not None:
     write_selection(fractions)
 plot_eval_loss()

@@ -43,6 +43,8 @@ from paired import forest_plot, paired_difference  # noqa: E402
 DYNA = ["--allocator", "discounted", "--schedule", "periodic", "--period", "50"]  # the paper's Table 1 setting
 LORA = ["--method", "lora", "--rank", "8", "--alpha", "8", "--lr", "2e-3"]
 VERA = ["--method", "vera", "--rank", "1024", "--lr", "1e-2", "--head-lr", "4e-3"]
+HETERO = [*LORA, "--allocator", "topk"]
+HETERO_DYNA = ["--schedule", "periodic", "--period-epochs", "0.2", "--window", "since_last"]
 # name -> (label, train.py flags); the learning rates here serve the plain budget, --budget replaces them
 METHODS = {
     "full": ("FT", ["--method", "full", "--lr", "5e-5"]),
@@ -57,6 +59,17 @@ METHODS = {
     "dynalora-depth": ("DynaLoRA QV/2/3/F, top 2/3 layers", [*LORA, "--active", "ACTIVE", "--max-depth", "DEPTH",
                                                              "--importance", "forward", *DYNA]),
     "dynavera-f": ("DynaVeRA QV/2/3/F", [*VERA, "--active", "ACTIVE", "--importance", "forward", *DYNA]),
+    # HeteroLoRA (Zhang et al. 2024): top-k on a zero-cost proxy under a parameter budget: BUDGET_2_3 is two thirds
+    # of LoRA QV r=8's adapter parameters (ACTIVE modules), BUDGET_FULL all of them; dynamic: every 1/5 epoch
+    "heterolora-snip": ("HeteroLoRA static SNIP QV/2/3", [*HETERO, "--param-budget", "BUDGET_2_3",
+                                                          "--importance", "snip", "--schedule", "static"]),
+    "heterolora-gn": ("HeteroLoRA static grad_norm QV/2/3", [*HETERO, "--param-budget", "BUDGET_2_3",
+                                                             "--importance", "param_grad", "--schedule", "static"]),
+    "heterolora-dyn": ("HeteroLoRA dynamic grad_norm QV/2/3", [*HETERO, "--param-budget", "BUDGET_2_3",
+                                                               "--importance", "param_grad", *HETERO_DYNA]),
+    "heterolora-sc": ("HeteroLoRA dynamic QV+shortcuts, LoRA's budget",
+                      [*HETERO, "--targets", "query,value,s_res1,s_res2,s_in,s_cut", "--param-budget", "BUDGET_FULL",
+                       "--importance", "param_grad", *HETERO_DYNA]),
 }
 # the paired differences the report draws: (x, y), x - y
 CONTRASTS = [("dynalora-f", "lora"), ("dynalora-b", "lora"), ("dynalora-pg", "lora"), ("dynalora-r", "lora"),
@@ -159,9 +172,16 @@ def set_flag(flags, flag, value):
     return flags
 
 
+def param_budget(token):
+    """BUDGET_2_3 / BUDGET_FULL: the adapter parameters of ACTIVE / all query+value LoRA r=8 modules (A 8 x d, B d x 8)."""
+    from transformers import AutoConfig
+    return 2 * 8 * AutoConfig.from_pretrained(args.model).hidden_size * (active if token == "BUDGET_2_3" else 2 * args.layers)
+
+
 def train_cmd(method, task, seed, lr):
     """The train.py command of one run; its flags are also what a finished run in that folder must match."""
-    flags = [a.replace("ACTIVE", str(active)).replace("DEPTH", str(depth)) for a in METHODS[method][1]]
+    flags = [str(param_budget(a)) if a.startswith("BUDGET_") else a.replace("ACTIVE", str(active)).replace("DEPTH", str(depth))
+             for a in METHODS[method][1]]
     kind = flags[flags.index("--method") + 1]
     epochs, batch, max_len, extra = args.epochs, args.batch_size, args.max_len, []
     if budget is not None:

@@ -103,17 +103,18 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count(": ok in") == 4 and "3 of 4 query+value modules" in proc.stdout
-    main = table.read_text().split("Per run:")[0]
+    main = table.read_text().split("Best eval")[0]  # the first table: final values, mean ± std
     rows = {line.split("|")[1].strip(): line for line in main.splitlines() if line.startswith("| ")}
     for label in ("LoRA QV r=8", "DynaLoRA QV/2/3/F"):
-        cells = [c.strip() for c in rows[label].split("|")[2:-1]]  # params, seeds, RTE, STS-B, average
-        assert len(cells) == 5 and cells[1] == "1" and all(c != "–" for c in cells)
+        cells = [c.strip() for c in rows[label].split("|")[2:-1]]  # params, seeds, RTE, STS-B, avg, avg w/o RTE
+        assert len(cells) == 6 and cells[1] == "1" and all(c != "–" for c in cells)
         assert float(cells[4]) == pytest.approx((float(cells[2]) + float(cells[3])) / 2, abs=0.051)
+        assert cells[5] == cells[3]  # without RTE only STS-B is left
     per_run = [line for line in table.read_text().split("Per run:")[1].splitlines() if line.startswith("| LoRA")]
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // 2))  # cores / jobs
     assert len(per_run) == 2 and all(line.split("|")[-2].strip() == threads for line in per_run)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # finished runs are not run again
-    assert again.returncode == 0 and ": ok in" not in again.stdout and again.stdout.split("Per run:")[0].strip() == \
+    assert again.returncode == 0 and ": ok in" not in again.stdout and again.stdout.split("Best eval")[0].strip() == \
         main.strip()
     # a second seed runs only the new runs; the cell becomes mean ± std over both
     more = subprocess.run(cmd[:cmd.index("--methods")] + ["--methods", "lora", "--tasks", "rte", "--seeds", "0", "1"]
