@@ -74,7 +74,8 @@ METHODS = {
 # the paired differences the report draws: (x, y), x - y
 CONTRASTS = [("dynalora-f", "lora"), ("dynalora-b", "lora"), ("dynalora-pg", "lora"), ("dynalora-r", "lora"),
              ("dynavera-f", "vera"), ("dynalora-f", "dynalora-r"), ("dynalora-b", "dynalora-r"),
-             ("dynalora-pg", "dynalora-r")]
+             ("dynalora-pg", "dynalora-r"), ("dynalora-depth", "lora"), ("dynalora-depth", "dynalora-f"),
+             ("heterolora-snip", "lora"), ("heterolora-gn", "lora"), ("heterolora-dyn", "lora"), ("heterolora-sc", "lora")]
 RECORDS = ("args.json", "results.json", "metrics.jsonl")  # what is committed of a run: small, no weights
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -306,7 +307,7 @@ def table():
     names = [TASK_DIRS.get(t, t) for t in args.tasks]
     no_rte = [t for t in args.tasks if t != "rte"]
     header = (f"| Method | # Active trainable | Seeds | {' | '.join(names)} | Avg. |"
-              + (" Avg. w/o RTE |" if len(no_rte) < len(args.tasks) else ""))
+              + (" Avg. w/o RTE |" if 0 < len(no_rte) < len(args.tasks) else ""))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     best_lines = [header.replace("| # Active trainable | Seeds ", "| Seeds "), "|" + "---|" * (header.count("|") - 3)]
     per_run = ["| Method | Task | Seed | Metric (final) | Best eval | Active trainable | Peak memory (MB) | Wall (s) | Threads |",
@@ -327,13 +328,13 @@ def table():
                                    f"{r['wall_time_s']:.0f} | {r.get('threads', '?')} |")
             seeds.add(len(final.get(task, {})))
         cells = [cell(list(final.get(t, {}).values())) for t in args.tasks]
-        avg = [average(final, args.tasks)] + ([average(final, no_rte)] if len(no_rte) < len(args.tasks) else [])
+        avg = [average(final, args.tasks)] + ([average(final, no_rte)] if 0 < len(no_rte) < len(args.tasks) else [])
         avg_cells = [cell(list(a.values())) if a else "–" for a in avg]
         n = "–" if not params else f"{max(params):,}"
         s = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}–{max(seeds)}"
         lines.append(f"| {METHODS[method][0]} | {n} | {s} | {' | '.join(cells + avg_cells)} |")
         med = [f"{statistics.median(best[t].values()):.1f}" if best.get(t) else "–" for t in args.tasks]
-        best_avg = [average(best, args.tasks)] + ([average(best, no_rte)] if len(no_rte) < len(args.tasks) else [])
+        best_avg = [average(best, args.tasks)] + ([average(best, no_rte)] if 0 < len(no_rte) < len(args.tasks) else [])
         med += [f"{statistics.median(a.values()):.1f}" if a else "–" for a in best_avg]
         best_lines.append(f"| {METHODS[method][0]} | {s} | {' | '.join(med)} |")
     return "\n".join(lines), "\n".join(best_lines), "\n".join(per_run), scores
@@ -343,7 +344,7 @@ def contrasts(scores):
     """Rows of paired differences (x - y) per task and on the averages, and the forest-plot rows."""
     no_rte = [t for t in args.tasks if t != "rte"]
     groups = [(TASK_DIRS.get(t, t), [t]) for t in args.tasks] + [("Avg.", args.tasks)]
-    groups += [("Avg. w/o RTE", no_rte)] if len(no_rte) < len(args.tasks) else []
+    groups += [("Avg. w/o RTE", no_rte)] if 0 < len(no_rte) < len(args.tasks) else []
     lines = ["| Difference | Task | Pairs | Mean | 95% CI | p (paired t) |", "|---|---|---|---|---|---|"]
     forest = []
     for x, y in CONTRASTS:
