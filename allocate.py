@@ -432,6 +432,12 @@ class LocalAdamW:
         self.t += 1
         self._set_lrs()
 
+    @property
+    def param_groups(self):
+        """Every parameter group of the per-module AdamWs and the head's, so torch.amp.GradScaler can unscale them."""
+        opts = list(self.optimizers.values()) + ([self.head] if self.head is not None else [])
+        return [g for o in opts for g in o.param_groups]
+
     def zero_grad(self, set_to_none=True):
         for o in self.optimizers.values():
             o.zero_grad(set_to_none=set_to_none)

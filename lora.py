@@ -131,7 +131,7 @@ class Adapter(nn.Module):
     def forward(self, x):
         h = self.base(x)
         if not self.merged:
-            h = h + self.delta(x)
+            h = h + self.delta(x).to(h.dtype)  # under autocast VeRA's float32 vectors would widen h
         if self.training and torch.is_grad_enabled() and (self.track_forward or self.track_grad):
             weights = self.token_mask.weights(h) if self.token_mask is not None else None
             if self.track_forward:
@@ -408,7 +408,8 @@ def merged_state_dict(model, adapters):
         if owner in adapters:
             a = adapters[owner]
             if leaf == "weight" and not a.merged:
-                v = v + a.delta_weight().to(v.dtype)
+                d = a.delta_weight()  # a low-precision frozen W (--precision) is merged in the adapter's float32
+                v = v.to(torch.promote_types(v.dtype, d.dtype)) + d
             sd[f"{owner}.{leaf}"] = v
         elif not any(k.startswith(p) for p in prefixes):
             sd[k] = v

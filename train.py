@@ -33,6 +33,7 @@ import glue
 import importance
 import lora
 import memory
+import precision
 import shortcuts
 import vera
 
@@ -84,6 +85,7 @@ p.add_argument("--seed", type=int, default=0, help="seed for init, data order, d
 p.add_argument("--output-dir", default=None, help="where everything is written (default: out/TASK-METHOD-SEED)")
 p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt if it exists")
 p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+p.add_argument("--precision", default="fp32", choices=list(precision.PRECISIONS), help="autocast dtype; bf16/fp16 also store the frozen weights in it (what trains stays fp32)")
 p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 args = p.parse_args()
 
@@ -183,7 +185,7 @@ try:
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     # a checkpoint whose head has another label count gets a fresh head of the right size
     model = AutoModelForSequenceClassification.from_pretrained(
-        args.model, num_labels=num_labels, ignore_mismatched_sizes=True,
+        args.model, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=torch.float32,  # --precision casts
         problem_type="regression" if num_labels == 1 else "single_label_classification")
 except (OSError, ValueError, RuntimeError) as e:
     fail(f"could not load model '{args.model}' ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). {local_hint}")
@@ -214,7 +216,9 @@ if args.method == "bitfit":  # BitFit (Zaken et al. 2021): biases and the head
     head = set(map(id, lora.head_parameters(model)))
     for name, prm in model.named_parameters():
         prm.requires_grad_(name.endswith(".bias") or id(prm) in head)
+precision.cast_frozen(model, args.precision)  # what trains stays float32
 model.to(device)
+amp, scaler = precision.autocast(args.precision, device), precision.scaler(args.precision, device)
 names = list(adapters)
 adapter_params = [prm for a in adapters.values() for prm in a.adapter_params()]
 head_params = lora.head_parameters(model) if adapters else []
@@ -236,7 +240,8 @@ if depth_budget:  # the floor is fixed for the run (README: depth-aware allocati
         fail(f"--max-depth {args.max_depth} is more than the {n_layers} layers that hold adapter modules")
     widest = sorted(train_set, key=lambda ex: len(ex["input_ids"]))[-args.batch_size:]  # the widest batch shape
     wide = {k: v.to(device) for k, v in glue.collate(widest, pad_id).items()}
-    costs = memory.depth_costs(model, adapters, wide, head_params)  # the cost model, measured once, on that batch
+    with amp:  # the saved dtypes follow the autocast training runs under
+        costs = memory.depth_costs(model, adapters, wide, head_params)  # the cost model, measured once, on that batch
     try:
         max_depth = args.max_depth or memory.depth_for_budget(costs, args.memory_budget)
     except ValueError as e:
@@ -281,9 +286,10 @@ def evaluate():
     preds, loss_sum = [], torch.zeros((), device=device)
     for i in range(0, len(dev_set), args.eval_batch_size):
         batch = {k: v.to(device) for k, v in glue.collate(dev_set[i:i + args.eval_batch_size], pad_id).items()}
-        out = model(**batch)
-        loss_sum += out.loss * len(batch["labels"])
-        preds.append(out.logits.squeeze(-1) if num_labels == 1 else out.logits.argmax(-1))
+        with amp:
+            out = model(**batch)
+        loss_sum += out.loss.float() * len(batch["labels"])
+        preds.append(out.logits.float().squeeze(-1) if num_labels == 1 else out.logits.argmax(-1))
     model.train()
     metrics = glue.compute_metrics(task, torch.cat(preds).cpu().numpy(), [ex["label"] for ex in dev_set])
     return {**metrics, "eval_loss": loss_sum.item() / len(dev_set)}
@@ -309,11 +315,12 @@ def trained_state():
     return {n: prm.detach() for n, prm in model.named_parameters() if prm.requires_grad}
 
 
-start_step, best, wall_before, loss_sum, n_loss = 0, None, 0.0, torch.zeros((), device=device), 0
+start_step, updates, best, wall_before, loss_sum, n_loss = 0, 0, None, 0.0, torch.zeros((), device=device), 0
 if args.resume and os.path.exists(ckpt_path):
     ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # our own file: tensors and plain data only
     ignore = {"resume", "device", "no_progress", "save_every", "eval_batch_size"}
-    changed = {k: (ckpt["args"].get(k), v) for k, v in vars(args).items() if k not in ignore and ckpt["args"].get(k) != v}
+    saved_args = {k: ckpt["args"].get(k, p.get_default(k)) for k in vars(args)}  # flags newer than the checkpoint: defaults
+    changed = {k: (saved_args[k], v) for k, v in vars(args).items() if k not in ignore and saved_args[k] != v}
     if changed:
         fail(f"--resume with different settings than the checkpoint: {changed}")
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
@@ -328,6 +335,9 @@ if args.resume and os.path.exists(ckpt_path):
     if device.type == "cuda" and "rng_cuda" in ckpt:
         torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
     start_step, best, wall_before = ckpt["step"], ckpt["best"], ckpt["wall_time_s"]
+    updates = ckpt.get("updates", start_step)  # fp16 steps skipped for overflow are steps but no updates
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     loss_sum, n_loss = ckpt["loss_sum"].to(device), ckpt["n_loss"]  # the open --log-every window
     with open(metrics_path) as f:  # drop what was logged after the checkpoint: it will be logged again
         lines = [ln for ln in f if json.loads(ln).get("step", 0) <= start_step]
@@ -355,7 +365,7 @@ def save_checkpoint(step):
     ckpt = {"model": trained_state(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "alloc": alloc.state_dict() if alloc is not None else None, "rng_cpu": torch.get_rng_state(),
-            "step": step, "best": best, "args": vars(args), "commit": commit, "loss_sum": loss_sum, "n_loss": n_loss,
+            "step": step, "updates": updates, "scaler": scaler.state_dict(), "best": best, "args": vars(args), "commit": commit, "loss_sum": loss_sum, "n_loss": n_loss,
             "wall_time_s": wall_before + time.time() - t0}
     if device.type == "cuda":
         ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
@@ -372,8 +382,9 @@ if alloc is not None and start_step == 0:
     if costs:
         log({"step": 0, "cost_model": costs, "max_depth": max_depth, "eligible": eligible})
     probe = [get_batch(i) for i in range(min(args.probe_batches, total_steps))]
-    scores = importance.probe(model, adapters, probe, args.importance, only=eligible) \
-        if probe and args.importance != "random" else None
+    with amp:
+        scores = importance.probe(model, adapters, probe, args.importance, only=eligible) \
+            if probe and args.importance != "random" else None
     log_allocation(0, alloc.initial(adapters, scores))
 if alloc is not None:
     print(f"active adapter modules: {len(alloc.active)} of {len(names)}; active trainable parameters: "
@@ -385,21 +396,26 @@ if not args.no_progress:
 t0, last_saved, final = time.time(), start_step, None
 for step in range(start_step, total_steps):
     batch = get_batch(step)
-    loss = model(**batch).loss
-    loss.backward()
+    before = precision.score_snapshot(adapters) if scaler.is_enabled() and alloc is not None else None
+    with amp:
+        loss = model(**batch).loss
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # fp16: clip the true gradients
     if args.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([prm for prm in trained if prm.grad is not None], args.max_grad_norm)
-    optimizer.step()
-    if scheduler is not None:
+    stepped = precision.step(scaler, optimizer, adapters, before)  # False: fp16 overflow, no update
+    if scheduler is not None and stepped:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     loss_sum += loss.detach()
     n_loss += 1
-    if alloc is not None:  # after optimizer.step(), before the next forward
-        realloc = step + 1 < total_steps and alloc.due(step + 1)
+    updates += stepped
+    if alloc is not None and stepped:  # after optimizer.step(), before the next forward; the clock counts updates
+        realloc = step + 1 < total_steps and alloc.due(updates)
         if realloc and args.importance in importance.PARTIAL:  # training measured only some modules: all, on the next batch
-            importance.probe(model, adapters, [get_batch(step + 1)], args.importance, keep=True, only=eligible)
-        active = alloc.step(step + 1, adapters, reallocate=realloc)
+            with amp:
+                importance.probe(model, adapters, [get_batch(step + 1)], args.importance, keep=True, only=eligible)
+        active = alloc.step(updates, adapters, reallocate=realloc)
         if active is not None:
             log_allocation(step + 1, active)
     done = step + 1
@@ -491,7 +507,7 @@ final = final or evaluate()
 headline = glue.TASKS[task]["metric"]
 best = final[headline] if best is None else best
 if alloc is not None:
-    fractions = allocate.selection_fractions(alloc.history, names, total_steps)
+    fractions = allocate.selection_fractions(alloc.history, names, max(1, updates))  # on the update clock
     active_trainable = max(sum(prm.numel() for n in act for prm in adapters[n].adapter_params())
                            for _, act in alloc.history) + sum(prm.numel() for prm in head_params)
 else:
@@ -504,7 +520,8 @@ results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_me
            "trainable_params": n_trainable, "active_trainable_params": active_trainable, "total_params": n_total,
            "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
            "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit, "max_depth": max_depth,
-           "predicted_bytes": costs[max_depth]["total"] if costs else None}
+           "predicted_bytes": costs[max_depth]["total"] if costs else None, "precision": args.precision,
+           "updates": updates}
 with_shortcuts = any(isinstance(a, shortcuts.Shortcut) for a in adapters.values())
 if args.method == "lora" and not with_shortcuts:
     lora.export_peft(os.path.join(args.output_dir, "adapter"), model, adapters, base_model_name_or_path=args.model)
