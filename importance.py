@@ -49,6 +49,8 @@ import math
 
 import torch
 
+import lora
+
 MEASURES = {"forward": "fwd", "gradient": "grad", "param_grad": "param_grad", "snip": "snip", "synflow": "synflow",
             "random": None}
 PARTIAL = ("gradient", "param_grad", "snip", "synflow")
@@ -136,7 +138,12 @@ def left_as_found(model, adapters):
                 p.grad = None
 
 
-def probe(model, adapters, batches, measure, keep=False, only=None):
+def buffers(adapters):
+    """Every score and count buffer of the adapters, in a fixed order (to fold over ranks, or to snapshot)."""
+    return [getattr(a, f"{name}_{kind}") for a in _modules(adapters) for name in lora.SCORES for kind in ("score", "count")]
+
+
+def probe(model, adapters, batches, measure, keep=False, only=None, weights=None):
     """Score `batches` with every adapter active (or those named in `only`), without training.
 
     keep=False, before step 0: the scores of the first allocation. Returns the (M,) scores (None for `random` or
@@ -145,7 +152,9 @@ def probe(model, adapters, batches, measure, keep=False, only=None):
     keep=True, before a re-allocation with a PARTIAL measure: adds the batches' measurements to every module's
       accumulators, so that each module has a score from the current window; returns None.
 
-    Each batch is a dict the model takes as **kwargs, with labels so that it returns a loss. `forward` needs
+    Each batch is a dict the model takes as **kwargs, with labels so that it returns a loss. `weights` (one float per
+    batch) multiplies each batch's loss: a micro-batch's share of its global batch (--grad-accum, torchrun), so that
+    gradient scores per token are those of the global batch. `forward` needs
     only forward passes; the gradient measures also run backward (no optimizer step). With LoRA's B = 0 at
     init only grad B is non-zero at first, which is fine for param_grad; snip and synflow score a module whose
     B is still 0 with a stand-in B (see the module docstring). synflow makes one data-free pass (`synflow`)
@@ -176,12 +185,12 @@ def probe(model, adapters, batches, measure, keep=False, only=None):
                 if measure == "synflow" and batches:  # data-free: one pass, of the first batch's length
                     synflow(model, mods, batches[0]["input_ids"].shape[1])
                     n = 1
-                for batch in batches if measure != "synflow" else ():
+                for batch, w in zip(batches, weights or [1.0] * len(batches)) if measure != "synflow" else ():
                     out = model(**batch)
                     if measure != "forward":
                         if getattr(out, "loss", None) is None:
                             raise ValueError("probe batches need labels so that the model returns a loss")
-                        out.loss.backward()
+                        (out.loss if w == 1 else out.loss * w).backward()
                     for p in model.parameters():  # per-pass gradient norms, not norms of a running sum
                         p.grad = None
                     n += 1

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
+import importance
 import lora
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,9 +54,8 @@ def scaler(precision, device):
 
 
 def score_snapshot(adapters):
-    """Each adapter's score and count buffers before a step (fp16 only: `step` needs them)."""
-    return {name: [getattr(a, f"{s}_{k}").clone() for s in lora.SCORES for k in ("score", "count")]
-            for name, a in adapters.items()}
+    """Copies of the adapters' score and count buffers before a step (fp16 only: `step` needs them)."""
+    return [b.clone() for b in importance.buffers(adapters)]
 
 
 @torch.no_grad()
@@ -72,12 +72,11 @@ def step(scaler, optimizer, adapters=None, before=None):
     scaler.step(optimizer)
     scaler.update()
     stepped = scaler.get_scale() >= scale  # the scaler halves its scale after an overflow, never otherwise
-    for name, bufs in (before or {}).items():
-        a = adapters[name]
-        for (s, k), old in zip([(s, k) for s in lora.SCORES for k in ("score", "count")], bufs):
-            buf = getattr(a, f"{s}_{k}")
+    if before is not None:
+        kinds = [(s, k) for s in lora.SCORES for k in ("score", "count")] * len(adapters)  # importance.buffers' order
+        for (s, k), buf, old in zip(kinds, importance.buffers(adapters), before):
             if not stepped:
                 buf.copy_(old)
-            elif s != "fwd" and k == "score":
+            elif s != "fwd" and k == "score":  # gradient scores were measured on scaled gradients
                 buf.copy_(old + (buf - old) / scale)
     return stepped

@@ -8,6 +8,7 @@ DynaLoRA (Brouwers et al. 2024): only `--active K` of the adapter modules (or th
   python train.py --task rte --method lora --active 16          # DynaLoRA QV/16/F
   python train.py --task rte --method lora --active 8 --max-depth 8   # depth-aware: only the top 8 layers train
   python train.py --task rte --model DIR --data-dir glue_data   # offline, on local files
+  torchrun --nproc-per-node 4 train.py --task rte --active 16 --precision bf16   # data parallel, 4 GPUs
 
 HeteroLoRA (Zhang et al. 2024): a zero-cost proxy picks the modules under a parameter budget, once before step 0
 (--schedule static) or every N steps; shortcut adapters (s_res1, s_res2, s_in, s_cut) widen the search space.
@@ -29,6 +30,7 @@ import time
 import torch
 
 import allocate
+import distributed
 import glue
 import importance
 import lora
@@ -71,7 +73,8 @@ p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight dec
 p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
 p.add_argument("--epochs", type=float, default=None, help="training epochs (default: per task)")
 p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps (overrides --epochs)")
-p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: per task)")
+p.add_argument("--batch-size", type=int, default=None, help="micro-batch per process; a step trains on batch x grad-accum x processes (default: per task)")
+p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (gradient accumulation)")
 p.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size")
 p.add_argument("--max-len", type=int, default=512, help="truncate inputs to this many tokens")
 p.add_argument("--group-by-length", action="store_true", help="batches of similar length within windows of 50 batches (less padding), batch order shuffled")
@@ -91,7 +94,8 @@ args = p.parse_args()
 
 
 def fail(msg, code=2):
-    print(f"error: {msg}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike; one line is enough
+        print(f"error: {msg}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -139,16 +143,18 @@ if args.max_depth is not None and args.max_depth < 1:
     fail(f"--max-depth must be >= 1 (layers counted from the top), got {args.max_depth}")
 if args.memory_budget is not None and not 0 < args.memory_budget <= 1:
     fail(f"--memory-budget is a fraction of LoRA's training memory, in (0, 1]; got {args.memory_budget}")
-for flag in ("batch_size", "eval_batch_size", "max_len", "period", "log_every"):
+for flag in ("batch_size", "grad_accum", "eval_batch_size", "max_len", "period", "log_every"):
     if getattr(args, flag) < 1:
         fail(f"--{flag.replace('_', '-')} must be >= 1")
 args.output_dir = args.output_dir or os.path.join("out", f"{task}-{args.method}{'-dyna' if dynamic else ''}-s{args.seed}")
-device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                      "cpu" if args.device == "auto" else args.device)
 ckpt_path = os.path.join(args.output_dir, "checkpoint.pt")
 if os.path.exists(ckpt_path) and not args.resume:
     fail(f"{args.output_dir} already holds a run (checkpoint.pt); pass --resume to continue it or pick another --output-dir")
-os.makedirs(args.output_dir, exist_ok=True)
+rank, world_size, device = distributed.setup(args.device)  # torchrun: join the process group; else rank 0 of 1
+master = rank == 0  # only rank 0 writes
+global_batch = args.batch_size * args.grad_accum * world_size  # examples per optimizer step
+if master:
+    os.makedirs(args.output_dir, exist_ok=True)
 
 
 def git_commit():
@@ -170,9 +176,11 @@ def write_json(path, obj):
 
 
 commit = git_commit()
-write_json(os.path.join(args.output_dir, "args.json"), {**vars(args), "task": task, "commit": commit})
-for k in ("batch_size", "epochs", "lr", "head_lr", "rank", "alpha"):
-    print(f"{k}: {getattr(args, k)}{'  (per-task default)' if k in defaults and defaults[k] == getattr(args, k) else ''}")
+if master:
+    for k in ("batch_size", "epochs", "lr", "head_lr", "rank", "alpha"):
+        print(f"{k}: {getattr(args, k)}{'  (per-task default)' if k in defaults and defaults[k] == getattr(args, k) else ''}")
+    print(f"examples per optimizer step: {args.batch_size} x {args.grad_accum} micro-batches x {world_size} processes "
+          f"= {global_batch}")
 
 # ----------------------------------------------------------------------------- model and data
 torch.manual_seed(args.seed)
@@ -212,6 +220,9 @@ try:
                                     dropout=args.dropout, seed=args.vera_seed)
 except ValueError as e:
     fail(e)
+if master:
+    write_json(os.path.join(args.output_dir, "args.json"), {**vars(args), "task": task, "commit": commit,
+                                                            "world_size": world_size})
 if args.method == "bitfit":  # BitFit (Zaken et al. 2021): biases and the head
     head = set(map(id, lora.head_parameters(model)))
     for name, prm in model.named_parameters():
@@ -227,7 +238,7 @@ n_trainable = sum(prm.numel() for prm in adapter_params + head_params + plain_pa
 n_total = sum(prm.numel() for prm in model.parameters())
 
 # ----------------------------------------------------------------------------- schedule of steps
-steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+steps_per_epoch = math.ceil(len(train_set) / global_batch)
 total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
 warmup_steps = int(args.warmup_ratio * total_steps)
 eval_every = args.eval_every or steps_per_epoch
@@ -271,13 +282,17 @@ train_lengths = [len(ex["input_ids"]) for ex in train_set]
 
 @functools.lru_cache(maxsize=2)
 def epoch_batches(epoch):
-    return glue.epoch_batches(train_lengths, args.batch_size, args.seed, epoch, args.group_by_length)
+    return glue.epoch_batches(train_lengths, global_batch, args.seed, epoch, args.group_by_length)
 
 
 def get_batch(step):
-    """Batch `step` of a fixed seeded order (glue.epoch_batches, a function of seed and epoch): resume is exact."""
+    """This rank's micro-batches of global batch `step`, each as (batch, its share of the global batch's examples).
+    Global batch `step` comes from a fixed seeded order (glue.epoch_batches, a function of seed and epoch: resume is
+    exact); distributed.shard cuts it into grad-accum x processes near-equal micro-batches."""
     epoch, i = divmod(step, steps_per_epoch)
-    return {k: v.to(device) for k, v in glue.collate([train_set[j] for j in epoch_batches(epoch)[i]], pad_id).items()}
+    idx = epoch_batches(epoch)[i]
+    return [({k: v.to(device) for k, v in glue.collate([train_set[j] for j in part], pad_id).items()}, len(part) / len(idx))
+            for part in distributed.shard(idx, args.grad_accum)]
 
 
 @torch.no_grad()
@@ -306,6 +321,10 @@ optimizer, scheduler = allocate.build_optimizer(args.optimizer if adapters else 
 # ----------------------------------------------------------------------------- resume or start
 metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
 trained = adapter_params + head_params + plain_params
+distributed.broadcast(trained)  # torchrun: every rank starts from rank 0's weights (the same seed made them anyway)
+if world_size > 1:  # dropout draws differ per rank (a resumed run restores each rank's state below)
+    torch.manual_seed(args.seed + 1000 * rank)
+score_buffers = importance.buffers(adapters)  # rank-local sums, folded over ranks by distributed.summed
 
 
 def trained_state():
@@ -318,6 +337,9 @@ def trained_state():
 start_step, updates, best, wall_before, loss_sum, n_loss = 0, 0, None, 0.0, torch.zeros((), device=device), 0
 if args.resume and os.path.exists(ckpt_path):
     ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # our own file: tensors and plain data only
+    if ckpt.get("world_size", 1) != world_size:  # the shards and the random streams are per rank
+        fail(f"{ckpt_path} was written by {ckpt.get('world_size', 1)} process(es), this run has {world_size}; "
+             f"resume with the same torchrun --nproc-per-node")
     ignore = {"resume", "device", "no_progress", "save_every", "eval_batch_size"}
     saved_args = {k: ckpt["args"].get(k, p.get_default(k)) for k in vars(args)}  # flags newer than the checkpoint: defaults
     changed = {k: (saved_args[k], v) for k, v in vars(args).items() if k not in ignore and saved_args[k] != v}
@@ -331,27 +353,30 @@ if args.resume and os.path.exists(ckpt_path):
         scheduler.load_state_dict(ckpt["scheduler"])
     if alloc is not None:
         alloc.load_state_dict(ckpt["alloc"], adapters)
-    torch.set_rng_state(ckpt["rng_cpu"])
-    if device.type == "cuda" and "rng_cuda" in ckpt:
-        torch.cuda.set_rng_state(ckpt["rng_cuda"], device)
+    distributed.set_rng_states({k: v for k, v in ckpt.items() if k.startswith("rng_")}, device)  # torchrun: per rank
     start_step, best, wall_before = ckpt["step"], ckpt["best"], ckpt["wall_time_s"]
     updates = ckpt.get("updates", start_step)  # fp16 steps skipped for overflow are steps but no updates
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     loss_sum, n_loss = ckpt["loss_sum"].to(device), ckpt["n_loss"]  # the open --log-every window
-    with open(metrics_path) as f:  # drop what was logged after the checkpoint: it will be logged again
-        lines = [ln for ln in f if json.loads(ln).get("step", 0) <= start_step]
-    with open(metrics_path + ".tmp", "w") as f:
-        f.writelines(lines)
-    os.replace(metrics_path + ".tmp", metrics_path)
-    print(f"resumed from {ckpt_path} at step {start_step}")
-elif os.path.exists(metrics_path):
+    if not master:  # the checkpoint holds the sums over ranks: rank 0 carries them on, the others start from 0
+        loss_sum.zero_()
+        importance.reset(adapters)
+    if master:
+        with open(metrics_path) as f:  # drop what was logged after the checkpoint: it will be logged again
+            lines = [ln for ln in f if json.loads(ln).get("step", 0) <= start_step]
+        with open(metrics_path + ".tmp", "w") as f:
+            f.writelines(lines)
+        os.replace(metrics_path + ".tmp", metrics_path)
+        print(f"resumed from {ckpt_path} at step {start_step}")
+elif master and os.path.exists(metrics_path):
     os.remove(metrics_path)
 
 
 def log(obj):
-    with open(metrics_path, "a") as f:
-        f.write(json.dumps(obj) + "\n")
+    if master:
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(obj) + "\n")
 
 
 def log_allocation(step, active):
@@ -362,44 +387,53 @@ def log_allocation(step, active):
 
 
 def save_checkpoint(step):
-    ckpt = {"model": trained_state(), "optimizer": optimizer.state_dict(),
+    """Every rank calls it (it gathers their random states); rank 0 writes, inside distributed.summed."""
+    ckpt = {**distributed.rng_states(device), "model": trained_state(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "alloc": alloc.state_dict() if alloc is not None else None, "rng_cpu": torch.get_rng_state(),
-            "step": step, "updates": updates, "scaler": scaler.state_dict(), "best": best, "args": vars(args), "commit": commit, "loss_sum": loss_sum, "n_loss": n_loss,
+            "alloc": alloc.state_dict() if alloc is not None else None,
+            "step": step, "updates": updates, "scaler": scaler.state_dict(), "best": best, "args": vars(args),
+            "world_size": world_size, "commit": commit, "loss_sum": loss_sum, "n_loss": n_loss,
             "wall_time_s": wall_before + time.time() - t0}
-    if device.type == "cuda":
-        ckpt["rng_cuda"] = torch.cuda.get_rng_state(device)
-    torch.save(ckpt, ckpt_path + ".tmp")
-    os.replace(ckpt_path + ".tmp", ckpt_path)
+    if master:
+        torch.save(ckpt, ckpt_path + ".tmp")
+        os.replace(ckpt_path + ".tmp", ckpt_path)
 
 
-print(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.3f}%)"
-      f"{f'; adapter modules: {len(adapters)}' if adapters else ''}")
+if master:
+    print(f"trainable parameters: {n_trainable:,} of {n_total:,} ({100 * n_trainable / n_total:.3f}%)"
+          f"{f'; adapter modules: {len(adapters)}' if adapters else ''}")
 
 # ----------------------------------------------------------------------------- training loop
 model.train()
 if alloc is not None and start_step == 0:
     if costs:
         log({"step": 0, "cost_model": costs, "max_depth": max_depth, "eligible": eligible})
-    probe = [get_batch(i) for i in range(min(args.probe_batches, total_steps))]
-    with amp:
-        scores = importance.probe(model, adapters, probe, args.importance, only=eligible) \
-            if probe and args.importance != "random" else None
+    probe, scores = [mb for i in range(min(args.probe_batches, total_steps)) for mb in get_batch(i)], None
+    if args.probe_batches and args.importance != "random":
+        with amp:
+            importance.probe(model, adapters, [b for b, _ in probe], args.importance, keep=True, only=eligible,
+                             weights=[w for _, w in probe])
+        with distributed.summed(score_buffers):  # every rank: the scores of the whole probe batches
+            scores = importance.scores(adapters, args.importance)
+        importance.reset(adapters)  # training-time scores count training steps only
     log_allocation(0, alloc.initial(adapters, scores))
-if alloc is not None:
+if alloc is not None and master:
     print(f"active adapter modules: {len(alloc.active)} of {len(names)}; active trainable parameters: "
           f"{sum(prm.numel() for n in alloc.active for prm in adapters[n].adapter_params()) + sum(prm.numel() for prm in head_params):,}")
 progress = None
-if not args.no_progress:
+if not args.no_progress and master:
     from tqdm import tqdm
     progress = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True)
 t0, last_saved, final = time.time(), start_step, None
 for step in range(start_step, total_steps):
-    batch = get_batch(step)
     before = precision.score_snapshot(adapters) if scaler.is_enabled() and alloc is not None else None
-    with amp:
-        loss = model(**batch).loss
-    scaler.scale(loss).backward()
+    for batch, share in get_batch(step):  # --grad-accum micro-batches; backward adds their gradients
+        with amp:
+            loss = model(**batch).loss
+        loss = loss * share if share != 1 else loss  # the global batch's mean loss, summed over micro-batches and ranks
+        scaler.scale(loss).backward()
+        loss_sum += loss.detach()
+    distributed.all_reduce_grads([prm for prm in trained if prm.requires_grad])  # torchrun: sum over ranks
     scaler.unscale_(optimizer)  # fp16: clip the true gradients
     if args.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_([prm for prm in trained if prm.grad is not None], args.max_grad_norm)
@@ -407,20 +441,25 @@ for step in range(start_step, total_steps):
     if scheduler is not None and stepped:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    loss_sum += loss.detach()
     n_loss += 1
     updates += stepped
     if alloc is not None and stepped:  # after optimizer.step(), before the next forward; the clock counts updates
         realloc = step + 1 < total_steps and alloc.due(updates)
         if realloc and args.importance in importance.PARTIAL:  # training measured only some modules: all, on the next batch
+            nxt = get_batch(step + 1)
             with amp:
-                importance.probe(model, adapters, [get_batch(step + 1)], args.importance, keep=True, only=eligible)
-        active = alloc.step(updates, adapters, reallocate=realloc)
+                importance.probe(model, adapters, [b for b, _ in nxt], args.importance, keep=True, only=eligible,
+                                 weights=[w for _, w in nxt])
+        with distributed.summed(score_buffers if realloc else []):  # every rank chooses from the same scores
+            active = alloc.step(updates, adapters, reallocate=realloc)
         if active is not None:
+            if len({tuple(a) for a in distributed.gather_object(active)}) != 1:
+                fail(f"the ranks chose different active sets at step {step + 1}")  # cannot happen: same scores, same generator
             log_allocation(step + 1, active)
     done = step + 1
     if done % args.log_every == 0 or done == total_steps:
-        train_loss = loss_sum.item() / n_loss  # the one host sync, every --log-every steps
+        with distributed.summed([loss_sum]):
+            train_loss = loss_sum.item() / n_loss  # the one host sync, every --log-every steps
         if not math.isfinite(train_loss):
             fail(f"train loss is non-finite ({train_loss}) by step {done}; stopped. The last good checkpoint "
                  f"(step {last_saved}) is kept in {args.output_dir}; try a lower --lr", code=3)
@@ -429,7 +468,7 @@ for step in range(start_step, total_steps):
             progress.set_postfix(loss=f"{train_loss:.4f}", active=len(alloc.active) if alloc else len(names))
         loss_sum.zero_()
         n_loss = 0
-    if done % eval_every == 0 or done == total_steps:
+    if master and (done % eval_every == 0 or done == total_steps):  # rank 0 evaluates; the others wait at the next sum
         m = final = evaluate()
         log({"step": done, **m})
         head_metric = m[glue.TASKS[task]["metric"]]
@@ -437,16 +476,20 @@ for step in range(start_step, total_steps):
             best = head_metric
         print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
     if (args.save_every and done % args.save_every == 0) or done == total_steps:
-        if not (math.isfinite(loss_sum.item()) and all(torch.isfinite(prm).all() for prm in trained)):
-            fail(f"training diverged (non-finite loss or weights) before step {done}; stopped. The last good "
-                 f"checkpoint (step {last_saved}) is kept in {args.output_dir}; try a lower --lr", code=3)
-        save_checkpoint(done)
+        with distributed.summed([loss_sum] + score_buffers):  # rank 0 saves the sums over ranks
+            if not (math.isfinite(loss_sum.item()) and all(torch.isfinite(prm).all() for prm in trained)):
+                fail(f"training diverged (non-finite loss or weights) before step {done}; stopped. The last good "
+                     f"checkpoint (step {last_saved}) is kept in {args.output_dir}; try a lower --lr", code=3)
+            save_checkpoint(done)
         last_saved = done
     if progress is not None:
         progress.update(1)
 if progress is not None:
     progress.close()
 wall = wall_before + time.time() - t0
+distributed.cleanup()  # training is over: rank 0 alone evaluates, exports and writes the results
+if not master:
+    sys.exit(0)
 
 # ----------------------------------------------------------------------------- figures
 
@@ -521,7 +564,7 @@ results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_me
            "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
            "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit, "max_depth": max_depth,
            "predicted_bytes": costs[max_depth]["total"] if costs else None, "precision": args.precision,
-           "updates": updates}
+           "updates": updates, "world_size": world_size, "examples_per_step": global_batch}
 with_shortcuts = any(isinstance(a, shortcuts.Shortcut) for a in adapters.values())
 if args.method == "lora" and not with_shortcuts:
     lora.export_peft(os.path.join(args.output_dir, "adapter"), model, adapters, base_model_name_or_path=args.model)

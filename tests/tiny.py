@@ -15,8 +15,9 @@ WORDS = ("the a cat dog man woman sat ran saw ate on in park mat house red big s
          "he she it they said that was is were here there today").split()
 
 
-def build_tiny_model(out_dir, texts, num_labels=2, layers=2):
-    """Train a WordLevel tokenizer on `texts`, build a random RoBERTa for it, save both to `out_dir`."""
+def build_tiny_model(out_dir, texts, num_labels=2, layers=2, dropout=0.1):
+    """Train a WordLevel tokenizer on `texts`, build a random RoBERTa for it, save both to `out_dir`.
+    dropout=0 makes runs comparable across batch splits (--grad-accum, torchrun), which draw other dropout masks."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForSequenceClassification
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -29,7 +30,8 @@ def build_tiny_model(out_dir, texts, num_labels=2, layers=2):
                                    unk_token="<unk>", mask_token="<mask>", cls_token="<s>", sep_token="</s>")
     fast.save_pretrained(out_dir)
     cfg = RobertaConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=80, pad_token_id=1, num_labels=num_labels)
+                        intermediate_size=64, max_position_embeddings=80, pad_token_id=1, num_labels=num_labels,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(0)
     RobertaForSequenceClassification(cfg).save_pretrained(out_dir)
     return str(out_dir)
@@ -65,6 +67,12 @@ def write_glue(root, n_train=48, n_dev=16, seed=0):
 def tiny_model(tmp_path_factory):
     rng = random.Random(0)
     return build_tiny_model(tmp_path_factory.mktemp("model"), [sentence(rng) for _ in range(200)])
+
+
+@pytest.fixture(scope="session")
+def tiny_model_nodrop(tmp_path_factory):
+    rng = random.Random(0)
+    return build_tiny_model(tmp_path_factory.mktemp("model"), [sentence(rng) for _ in range(200)], dropout=0.0)
 
 
 @pytest.fixture(scope="session")
