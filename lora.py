@@ -43,8 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-# short target name -> regex on the module path; RoBERTa and BERT share these names
-TARGETS = {
+# short target name -> regex on the module path, one table per model family; `targets_for` picks it by the model's
+# config.model_type, never by trying every table on the module names
+TARGETS = {  # BERT, RoBERTa and their kin share these names
     "query": r"\.attention\.self\.query$",
     "key": r"\.attention\.self\.key$",
     "value": r"\.attention\.self\.value$",
@@ -52,7 +53,33 @@ TARGETS = {
     "ffn_in": r"\.intermediate\.dense$",
     "ffn_out": r"\.layer\.\d+\.output\.dense$",
 }
-TARGETS_ORDER = {t: i for i, t in enumerate(TARGETS)}
+LLAMA_TARGETS = {  # Llama, Mistral, Qwen2/3: attention projections and the gated MLP
+    "q_proj": r"\.self_attn\.q_proj$",
+    "k_proj": r"\.self_attn\.k_proj$",
+    "v_proj": r"\.self_attn\.v_proj$",
+    "o_proj": r"\.self_attn\.o_proj$",
+    "gate_proj": r"\.mlp\.gate_proj$",
+    "up_proj": r"\.mlp\.up_proj$",
+    "down_proj": r"\.mlp\.down_proj$",
+}
+OPT_TARGETS = {
+    "q_proj": r"\.self_attn\.q_proj$",
+    "k_proj": r"\.self_attn\.k_proj$",
+    "v_proj": r"\.self_attn\.v_proj$",
+    "out_proj": r"\.self_attn\.out_proj$",
+    "fc1": r"\.layers\.\d+\.fc1$",
+    "fc2": r"\.layers\.\d+\.fc2$",
+}
+FAMILIES = {  # family -> (table, default targets: the query and value projections as in the papers, example path)
+    "encoder": (TARGETS, "query,value", "BERT/RoBERTa-style module names such as encoder.layer.0.attention.self.query"),
+    "llama": (LLAMA_TARGETS, "q_proj,v_proj", "Llama-style module names such as model.layers.0.self_attn.q_proj"),
+    "opt": (OPT_TARGETS, "q_proj,v_proj", "OPT module names such as model.decoder.layers.0.self_attn.q_proj"),
+}
+MODEL_TYPES = {  # config.model_type -> family
+    **dict.fromkeys(("bert", "roberta", "xlm-roberta", "camembert", "electra"), "encoder"),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3"), "llama"),
+    "opt": "opt",
+}
 HEAD_NAMES = ("classifier", "score")  # the task head of HF *ForSequenceClassification models
 
 
@@ -212,30 +239,49 @@ class LoRALinear(Adapter):
         return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
 
 
+def targets_for(model):
+    """(table: short target name -> module-path regex, default targets, example path) of the model's family, by its
+    config.model_type; a plain nn.Module without a Hugging Face config gets the BERT/RoBERTa table."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return FAMILIES["encoder"]
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(f"no adapter target names for model type '{config.model_type}' ({type(model).__name__}); "
+                         f"known types: {', '.join(MODEL_TYPES)}")
+    return FAMILIES[MODEL_TYPES[config.model_type]]
+
+
+def layer_index(path):
+    """The layer number in a module path (encoder.layer.3..., model.layers.3...), -1 outside the layers."""
+    m = re.search(r"\.layers?\.(\d+)\.", path)
+    return int(m.group(1)) if m else -1
+
+
 def inject(model, targets, make_adapter):
     """Swap every targeted nn.Linear of `model` for `make_adapter(linear)`; freeze all but adapters and head.
 
-    `targets` is a comma-separated string or list of names from TARGETS, or "all".
+    `targets` is a comma-separated string or list of short names from the model family's table (targets_for:
+    TARGETS for BERT/RoBERTa, LLAMA_TARGETS, OPT_TARGETS), or "all".
     Also registers a TokenMask on the model (a forward pre-hook reading `attention_mask`, and a forward hook
     clearing it), so that the adapters' importance scores count real tokens only.
-    Returns {module path: adapter}, ordered by layer, then by target order in TARGETS.
+    Returns {module path: adapter}, ordered by layer, then by target order in the table.
     """
     names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
-    names = list(TARGETS) if names == ["all"] else names
-    unknown = [t for t in names if t not in TARGETS]
+    table, _, example = targets_for(model)
+    names = list(table) if names == ["all"] else names
+    unknown = [t for t in names if t not in table]
     if unknown or not names:
-        raise ValueError(f"unknown target module(s) {unknown}; choose from {', '.join(TARGETS)} or 'all'")
+        raise ValueError(f"unknown target module(s) {unknown}; choose from {', '.join(table)} or 'all'")
     if any(isinstance(m, Adapter) for m in model.modules()):
         raise ValueError("model already has adapters; refusing to wrap twice")
     found = []
     for path, module in model.named_modules():
         for ti, t in enumerate(names):
-            if isinstance(module, nn.Linear) and re.search(TARGETS[t], path):
-                layer = re.search(r"\.layer\.(\d+)\.", path)
-                found.append((int(layer.group(1)) if layer else -1, TARGETS_ORDER[t], path))
+            if isinstance(module, nn.Linear) and re.search(table[t], path):
+                found.append((layer_index(path), list(table).index(t), path))
     if not found:
         raise ValueError(f"no nn.Linear in {type(model).__name__} matches targets {names} "
-                         "(expected BERT/RoBERTa-style module names such as encoder.layer.0.attention.self.query)")
+                         f"(expected {example})")
     token_mask = freeze(model)
     adapters = {}
     for _, _, path in sorted(found):

@@ -45,8 +45,7 @@ p.add_argument("--task", required=True, help="GLUE task: sst2, mrpc, cola, qnli,
 p.add_argument("--model", default="roberta-base", help="hub name or local Hugging Face model directory")
 p.add_argument("--data-dir", default=None, help="classic GLUE TSV folder (TASK/train.tsv, TASK/dev.tsv); default: the HF hub")
 p.add_argument("--method", default="lora", choices=["lora", "vera", "full", "bitfit"], help="what is trained")
-p.add_argument("--targets", default="query,value", help=f"adapted modules, comma-separated from {','.join(lora.TARGETS)} "
-               f"or all, and LoRA's shortcut adapters {','.join(shortcuts.TARGETS)}")
+p.add_argument("--targets", default=None, help=f"adapted modules, comma-separated short names of the model family (BERT/RoBERTa: {','.join(lora.TARGETS)}; Llama/Mistral/Qwen: {','.join(lora.LLAMA_TARGETS)}; OPT: {','.join(lora.OPT_TARGETS)}) or all (default: the query and value projections), and for BERT/RoBERTa LoRA's shortcut adapters {','.join(shortcuts.TARGETS)}")
 p.add_argument("--rank", type=int, default=None, help="adapter rank r (default: LoRA 8, VeRA 1024)")
 p.add_argument("--alpha", type=float, default=None, help="LoRA alpha; scaling = alpha/r (default: = LoRA's 8)")
 p.add_argument("--rslora", action="store_true", help="LoRA scaling alpha/sqrt(r) instead of alpha/r")
@@ -126,7 +125,7 @@ if args.head_lr is None:
 dynamic = args.active is not None or args.threshold is not None or args.param_budget is not None
 if sum(b is not None for b in (args.active, args.threshold, args.param_budget)) > 1:
     fail("--active, --threshold and --param-budget are three budgets; give one")
-if shortcuts.split_targets(args.targets)[1] and args.method != "lora":
+if shortcuts.split_targets(args.targets or "")[1] and args.method != "lora":
     fail(f"{','.join(shortcuts.TARGETS)} are LoRA-adapted shortcuts (HeteroLoRA); they need --method lora")
 if args.method == "vera" and args.importance in importance.ZERO_B:
     fail(f"--importance {args.importance} scores LoRA's A and B; VeRA's lambda_b = 0 at init would score every module 0")
@@ -208,10 +207,16 @@ if args.max_train_samples:
     keep = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:args.max_train_samples]
     train_set = [train_set[i] for i in sorted(keep.tolist())]
 dev_set = dev_set[:args.max_eval_samples] if args.max_eval_samples else dev_set
+if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:  # Llama, Mistral: no pad token
+    tokenizer.pad_token = tokenizer.eos_token
 pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+if getattr(model.config, "pad_token_id", None) is None:  # a decoder's `score` head reads the last token that is not it
+    model.config.pad_token_id = pad_id
 
 adapters = {}
 try:
+    if args.method in ("lora", "vera") and args.targets is None:  # by the model family (lora.targets_for)
+        args.targets = lora.targets_for(model)[1]
     if args.method == "lora":
         adapters = shortcuts.inject(model, args.targets, r=args.rank, alpha=args.alpha, dropout=args.dropout,
                                     rslora=args.rslora)  # lora.inject, plus shortcut adapters if targeted
@@ -497,12 +502,11 @@ if not master:
 def write_selection(fractions):
     """selection.csv/.png: fraction of steps each module was active, layers x module type (paper Figs. 4-5)."""
     import re
-    targets = {**lora.TARGETS, **shortcuts.TARGETS}  # LoRA modules, then shortcut adapters
+    targets = {**lora.targets_for(model)[0], **shortcuts.TARGETS}  # LoRA modules, then shortcut adapters
     kinds = [k for k in targets if any(re.search(targets[k], n) for n in fractions)]
     grid = {}
     for n, f in fractions.items():
-        layer = int(re.search(r"\.layer\.(\d+)\.", n).group(1))
-        grid[layer, next(k for k in kinds if re.search(targets[k], n))] = f
+        grid[lora.layer_index(n), next(k for k in kinds if re.search(targets[k], n))] = f
     layers = sorted({layer for layer, _ in grid})
     with open(os.path.join(args.output_dir, "selection.csv.tmp"), "w") as f:
         f.write("layer," + ",".join(kinds) + "\n")

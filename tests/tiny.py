@@ -37,6 +37,36 @@ def build_tiny_model(out_dir, texts, num_labels=2, layers=2, dropout=0.1):
     return str(out_dir)
 
 
+def build_tiny_decoder(out_dir, texts, arch="llama", num_labels=2):
+    """A random tiny decoder (Llama or OPT) and a WordLevel tokenizer trained on `texts`, saved to `out_dir`. Like the
+    real ones, the Llama tokenizer has no pad token and neither returns token_type_ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import (LlamaConfig, LlamaForSequenceClassification, OPTConfig, OPTForSequenceClassification,
+                              PreTrainedTokenizerFast)
+    specials = ["<s>", "</s>", "<unk>"] + (["<pad>"] if arch == "opt" else [])
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=2000, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>" if arch == "opt" else None,
+                                   model_input_names=["input_ids", "attention_mask"])
+    fast.save_pretrained(out_dir)
+    torch.manual_seed(0)
+    if arch == "llama":
+        cfg = LlamaConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=80, bos_token_id=0,
+                          eos_token_id=1, pad_token_id=None, num_labels=num_labels)
+        LlamaForSequenceClassification(cfg).save_pretrained(out_dir)
+    else:
+        cfg = OPTConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=80, bos_token_id=0,
+                        eos_token_id=1, pad_token_id=fast.pad_token_id, num_labels=num_labels, dropout=0.0)
+        OPTForSequenceClassification(cfg).save_pretrained(out_dir)
+    return str(out_dir)
+
+
 def sentence(rng, n=None):
     return " ".join(rng.choice(WORDS) for _ in range(n or rng.randint(3, 9)))
 
