@@ -22,11 +22,11 @@ Holds:
 """
 import math
 import numbers
-import re
 
 import torch
 
 import importance
+import lora
 
 SCHEDULES = ("once", "periodic", "static")
 OPTIMIZERS = ("global", "local")
@@ -200,15 +200,12 @@ def active_names(adapters):
 
 # ----------------------------------------------------------------------------- depth
 
-LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.N. (BERT, RoBERTa) or layers.N. (decoders)
-
-
 def layer_of(name):
-    """The layer index in a module path such as roberta.encoder.layer.3.attention.self.query."""
-    m = LAYER.search(name)
-    if m is None:
+    """The layer index in a module path such as roberta.encoder.layer.3.attention.self.query (lora.layer_index)."""
+    layer = lora.layer_index(name)
+    if layer < 0:
         raise ValueError(f"cannot tell the layer of module '{name}' (no '.layer.N.' or '.layers.N.' in its path)")
-    return int(m.group(1))
+    return layer
 
 
 def top_layers(names, depth):

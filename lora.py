@@ -251,9 +251,12 @@ def targets_for(model):
     return FAMILIES[MODEL_TYPES[config.model_type]]
 
 
+LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")  # encoder.layer.N. (BERT, RoBERTa) or layers.N. (decoders)
+
+
 def layer_index(path):
     """The layer number in a module path (encoder.layer.3..., model.layers.3...), -1 outside the layers."""
-    m = re.search(r"\.layers?\.(\d+)\.", path)
+    m = LAYER.search(path)
     return int(m.group(1)) if m else -1
 
 

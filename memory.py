@@ -22,11 +22,12 @@ import importance
 
 
 def storage_bytes(tensors):
-    """Bytes of the distinct storages behind `tensors` (a view counts its whole storage, once)."""
+    """Bytes of the distinct storages behind `tensors` (a view counts its whole storage, once). Storages are told
+    apart by their StorageImpl (`_cdata`), not by data_ptr, which is 0 for every tensor on the meta device."""
     seen = {}
     for t in tensors:
         s = t.untyped_storage()
-        seen.setdefault(s.data_ptr(), s.nbytes())
+        seen.setdefault(s._cdata, s.nbytes())
     return sum(seen.values())
 
 
@@ -38,13 +39,13 @@ class SavedForBackward:
     """
 
     def __init__(self, model):
-        self.exclude = {t.untyped_storage().data_ptr() for t in list(model.parameters()) + list(model.buffers())}
+        self.exclude = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
         self.storages = {}
 
     def pack(self, t):
         s = t.untyped_storage()
-        if s.data_ptr() not in self.exclude:
-            self.storages.setdefault(s.data_ptr(), s)
+        if s._cdata not in self.exclude:
+            self.storages.setdefault(s._cdata, s)
         return t
 
     def bytes(self):

@@ -20,8 +20,23 @@ depend on the values. DynaLoRA budgets scale with --layers (16 and 8 of 24 becom
 
   python bench/memory.py                      # RoBERTa-base, batch 16, seq 128 (a few minutes on 2 CPU cores)
   python bench/memory.py --quick --json m.json
+
+Projections for models this machine cannot hold (--config): the same accounting on the meta device, where tensors
+have shapes and dtypes but no storage, so nothing is allocated, for LoRA on every linear vs DynaLoRA:
+
+  python bench/memory.py --config llama-2-7b --device meta --precision bf16 --batch-size 1 --seq-len 2048
+  python bench/memory.py --config roberta-large --device meta --precision bf16 --seq-len 512
+  python bench/memory.py --config PATH/config.json --device cpu --like cpu   # the same rows measured for real
+
+NAME_OR_JSON: a config.json path, a name from bench/configs/ (roberta-base, roberta-large, llama-2-7b), or a Hugging
+Face model directory or hub name. The meta device has no autocast and no fused attention kernel of its own, so the
+run imitates a device (--like): cuda (the default) applies CUDA autocast's casting lists and the fused attention
+kernel that CUDA's flash and memory-efficient SDPA use (saving query, key, value, output and the log-sum-exp, not
+the attention matrix); cpu applies CPU autocast's lists and the attention kernel CPU SDPA picks, so that a meta run
+can be checked against a real CPU run number for number.
 """
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -42,6 +57,7 @@ import allocate  # noqa: E402
 import importance  # noqa: E402
 import lora  # noqa: E402
 import memory  # noqa: E402  (the repo root's memory.py: the accounting and the depth cost model)
+import precision  # noqa: E402
 import vera  # noqa: E402
 from memory import SavedForBackward, optimizer_bytes, parameter_bytes, storage_bytes  # noqa: E402
 
@@ -56,7 +72,11 @@ p.add_argument("--vera-r", type=int, default=1024, help="VeRA rank r")
 p.add_argument("--dropout", type=float, default=0.0, help="adapter input dropout, LoRA and VeRA (train.py's default 0)")
 p.add_argument("--quick", action="store_true", help="under a minute: 4 layers, batch 8, seq 128, 6 draws (flags still override)")
 p.add_argument("--seed", type=int, default=0, help="seed for weights, tokens and the random placements")
-p.add_argument("--device", default="auto", help="cpu or cuda (auto: cuda when present, which adds max_memory_allocated)")
+p.add_argument("--device", default="auto", help="cpu, cuda or meta (--config only) (auto: cuda when present, which adds max_memory_allocated)")
+p.add_argument("--config", default=None, help="project this model instead (NAME_OR_JSON, see above): LoRA on --targets vs DynaLoRA")
+p.add_argument("--targets", default="all", help="--config: adapted linears of the model's family (default all)")
+p.add_argument("--precision", default="fp32", choices=list(precision.PRECISIONS), help="--config: as train.py --precision")
+p.add_argument("--like", default="cuda", choices=["cuda", "cpu"], help="--config --device meta: whose autocast lists and attention kernel to apply")
 p.add_argument("--json", default=None, help="also write every number (bytes) to this JSON file")
 args = p.parse_args()
 
@@ -68,7 +88,7 @@ for k, v in (quick if args.quick else full).items():
 for k in ("batch_size", "seq_len", "layers", "draws"):
     if getattr(args, k) < 1:
         p.error(f"--{k.replace('_', '-')} must be >= 1")
-if args.seq_len > 510:
+if args.seq_len > 510 and not args.config:
     p.error("--seq-len must be <= 510 (RobertaConfig() has 512 positions, two taken by the padding offset)")
 device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                       "cpu" if args.device == "auto" else args.device)
@@ -124,8 +144,8 @@ def optimizer_for(method, model, adapters, kind="global"):
 
 # ----------------------------------------------------------------------------- byte counting (../memory.py)
 
-def train_step(model, adapters, opts):
-    """One step (forward with loss, backward, every optimizer in `opts` steps); returns the byte counts.
+def train_step(model, adapters, opts, batch=batch, ctx=None):
+    """One step (forward with loss under `ctx`, backward, every optimizer in `opts` steps); returns the byte counts.
 
     With two optimizers (global and local, dynamic configs) both step on the same gradients: the values
     they write do not matter here, only the state each one allocates.
@@ -135,7 +155,7 @@ def train_step(model, adapters, opts):
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(rec.pack, lambda t: t), ctx or contextlib.nullcontext():
         loss = model(**batch).loss
     saved = rec.bytes()
     loss.backward()
@@ -170,6 +190,202 @@ def placement(names, active):
 
 def lowest_active_layer(names, active):
     return min(int(re.search(r"\.layer\.(\d+)\.", n).group(1)) for n in active)
+
+
+# ----------------------------------------------------------------------------- projections (--config)
+
+# autocast's casting lists (torch.amp docs, "Autocast Op Reference"), by the Python names these models call: the ops
+# run in the low-precision dtype, and those run in float32. The meta device has no autocast: MetaDevice applies them.
+LOW = {"cuda": {"linear", "matmul", "__matmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm", "addmv", "addr", "mv",
+                "conv1d", "conv2d", "conv3d", "prelu", "scaled_dot_product_attention"},
+       "cpu": {"linear", "matmul", "__matmul__", "mm", "bmm", "baddbmm", "addmm", "addbmm", "conv1d", "conv2d",
+               "conv3d", "prelu", "scaled_dot_product_attention"}}
+FP32 = {"cuda": {"layer_norm", "group_norm", "softmax", "log_softmax", "softmin", "cross_entropy", "nll_loss",
+                 "mse_loss", "l1_loss", "smooth_l1_loss", "binary_cross_entropy_with_logits", "kl_div", "exp", "log",
+                 "pow", "__pow__", "rsqrt", "reciprocal", "sum", "cumsum", "prod", "norm", "normalize", "softplus"},
+        "cpu": {"cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss",
+                "binary_cross_entropy_with_logits", "kl_div", "prod"}}
+
+
+def _cast(obj, dtype):
+    if torch.is_tensor(obj) and obj.dtype in (torch.float16, torch.bfloat16, torch.float32) and obj.dtype != dtype:
+        return obj.to(dtype)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    return obj
+
+
+class MetaDevice(torch.overrides.TorchFunctionMode):
+    """What a `like` device (cuda or cpu) would do that meta tensors cannot: autocast's casts (`dtype`: the autocast
+    dtype, None for fp32), and the fused attention kernel. With the fused kernel autograd saves query, key, value,
+    output and the log-sum-exp (torch's CPU flash kernel, whose meta function gives the shapes; CUDA's flash and
+    memory-efficient kernels save the same tensors, plus a few bytes of RNG state under dropout); the math path the
+    meta device takes by itself also saves the attention matrix. `like` cpu uses the fused kernel exactly when CPU
+    SDPA would (torch._fused_sdp_choice on CPU tensors of the same shapes), cuda always."""
+
+    def __init__(self, dtype, like):
+        super().__init__()
+        self.dtype, self.like = dtype, like
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if self.dtype is not None and name in LOW[self.like]:
+            args, kwargs = _cast(args, self.dtype), {k: _cast(v, self.dtype) for k, v in kwargs.items()}
+        elif self.dtype is not None and name in FP32[self.like]:
+            args, kwargs = _cast(args, torch.float32), {k: _cast(v, torch.float32) for k, v in kwargs.items()}
+        if name == "scaled_dot_product_attention" and self.fused(*args, **kwargs):
+            return self.flash(*args, **kwargs)
+        return func(*args, **kwargs)
+
+    def fused(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if self.like == "cuda":
+            return True
+        on_cpu = [torch.empty(t.shape, dtype=t.dtype).requires_grad_(t.requires_grad) for t in (q, k, v)]
+        mask = None if attn_mask is None else torch.empty(attn_mask.shape, dtype=attn_mask.dtype)
+        choice = torch._fused_sdp_choice(*on_cpu, mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        return choice == torch.nn.attention.SDPBackend.FLASH_ATTENTION.value
+
+    @staticmethod
+    def flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        # grouped-query attention (fewer key/value heads than query heads): the kernel reads them as they are
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+
+
+def load_config(name):
+    """A transformers config from a config.json path, a name in bench/configs/, or a model directory or hub name."""
+    from transformers import AutoConfig
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", f"{name}.json")
+    path = name if name.endswith(".json") else here
+    if os.path.isfile(path):
+        with open(path) as f:
+            d = json.load(f)
+        return AutoConfig.for_model(d.pop("model_type"), **d)
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        p.error(f"--config {name}: not a config.json, a name in bench/configs/ or a loadable model ({type(e).__name__})")
+
+
+def project():
+    """LoRA on --targets vs DynaLoRA for --config, one step per placement: the paper's placement (random over
+    every layer), the top and the bottom modules in layer order, and depth-aware allocation (train.py --max-depth at
+    the smallest depth D holding k modules: random placements among the modules of the top D layers, on a fresh
+    model, so that its AdamW state is that of those modules only, as in training)."""
+    from transformers import AutoModelForSequenceClassification
+    config = load_config(args.config)
+    config.num_labels = 2
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = 0  # decoders' score head needs one for batches > 1; the random tokens avoid it
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and args.seq_len > positions - (2 if config.model_type in ("roberta", "xlm-roberta") else 0):
+        p.error(f"--seq-len {args.seq_len} is longer than {config.model_type}'s {positions} positions")
+    low = None if args.precision == "fp32" else precision.PRECISIONS[args.precision]
+    meta = device.type == "meta"
+    ctx = (lambda: MetaDevice(low, args.like)) if meta else (lambda: precision.autocast(args.precision, device))
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(3, config.vocab_size, (args.batch_size, args.seq_len), generator=g)  # 0-2: specials, pad
+    cfg_batch = {"input_ids": ids.to(device), "labels": torch.randint(0, 2, (args.batch_size,), generator=g).to(device)}
+
+    def build_lora():
+        torch.manual_seed(args.seed)
+        with torch.device(device):
+            model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+        adapters = lora.inject(model, args.targets, lambda lin: lora.LoRALinear(lin, r=args.lora_r, alpha=args.lora_r))
+        importance.set_tracking(adapters, "forward")
+        precision.cast_frozen(model, args.precision)
+        return model, adapters
+
+    def step(model, adapters, opts):
+        return train_step(model, adapters, opts, batch=cfg_batch, ctx=ctx())
+
+    def placements(model, adapters, opts, pool, k, n, gen, what):
+        """Mean of n steps, each with k modules drawn uniformly from `pool` active."""
+        draws = []
+        for i in range(n):
+            active = [pool[j] for j in allocate.uniform(torch.ones(len(pool)), k, gen)]
+            allocate.apply(adapters, active)
+            progress(f"DynaLoRA {k}/{m} {what} {i + 1}/{n}")
+            draws.append(dict(step(model, adapters, opts), lowest_active_layer=min(map(allocate.layer_of, active))))
+        mean = {key: statistics.mean(d[key] for d in draws) for key in draws[0] if key != "lowest_active_layer"}
+        return dict(active=k, **mean, saved_min=min(d["saved"] for d in draws),
+                    saved_max=max(d["saved"] for d in draws), draws=draws)
+
+    out = {}
+    model, adapters = build_lora()
+    names = list(adapters)
+    m = len(names)
+    progress(f"LoRA {m}/{m}")
+    opts = [optimizer_for("lora", model, adapters, "global"), optimizer_for("lora", model, adapters, "local")]
+    out["lora"] = dict(label=f"LoRA r={args.lora_r}, {args.targets} ({m}/{m})", active=m, **step(model, adapters, opts))
+    del model, adapters, opts
+    for k in sorted({max(1, min(m, round(int(b) * m / 24))) for b in args.active.split(",")}, reverse=True):
+        if k == m:
+            continue
+        model, adapters = build_lora()
+        opts = [optimizer_for("lora", model, adapters, "global"), optimizer_for("lora", model, adapters, "local")]
+        gen = torch.Generator().manual_seed(args.seed + 1000 * k)  # the paper's allocators spread it over every layer
+        out[f"dynalora{k}_random"] = dict(label=f"DynaLoRA {k}/{m}, random (mean of {args.draws})",
+                                          **placements(model, adapters, opts, names, k, args.draws, gen, "random"))
+        for where in ("upper", "lower"):
+            active = names[-k:] if where == "upper" else names[:k]
+            allocate.apply(adapters, active)
+            progress(f"DynaLoRA {k}/{m} {where} layers")
+            out[f"dynalora{k}_{where}"] = dict(label=f"DynaLoRA {k}/{m}, {where} layers (from layer "
+                                                     f"{min(map(allocate.layer_of, active))})", active=k,
+                                               **step(model, adapters, opts))
+        del model, adapters, opts
+        model, adapters = build_lora()
+        opts = [optimizer_for("lora", model, adapters, "global"), optimizer_for("lora", model, adapters, "local")]
+        depth = allocate.min_depth(names, k)
+        eligible = allocate.top_layers(names, depth)
+        n = 1 if k == len(eligible) else args.draws  # all of the eligible modules: one placement
+        out[f"dynalora{k}_depth"] = dict(label=f"DynaLoRA {k}/{m}, depth-aware: top {depth} layers"
+                                               + (f" (mean of {n})" if n > 1 else ""), max_depth=depth,
+                                         **placements(model, adapters, opts, eligible, k, n, gen, "depth-aware"))
+        del model, adapters, opts
+    for r in out.values():
+        r["saved_ratio"] = r["saved"] / out["lora"]["saved"]
+        r["total_ratio"] = r["total"] / out["lora"]["total"]
+    import transformers
+    unit, size = ("GiB", 2 ** 30) if out["lora"]["total"] > 2 ** 30 else ("MiB", 2 ** 20)
+    print(f"# bench/memory.py --config {args.config}: training memory of one step, exact byte accounting")
+    print(f"{datetime.date.today().isoformat()}; {config.model_type}, {getattr(config, 'num_hidden_layers', '?')} "
+          f"layers, hidden {getattr(config, 'hidden_size', '?')}, {m} adapted linears ({args.targets}), LoRA "
+          f"r={args.lora_r}; batch {args.batch_size} x seq {args.seq_len} random tokens, no padding; "
+          f"{args.precision} ({'frozen weights in ' + args.precision + ', ' if low else ''}adapters, head, "
+          f"gradients and AdamW state fp32); device {device}"
+          f"{f' imitating {args.like} (autocast lists, attention kernel)' if meta else ''}; train mode; "
+          f"AdamW; {args.draws} seeded random placements per row; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}; wall time {time.time() - t_start:.0f} s")
+    print()
+    cols = ["saved for backward", "frozen weights", "trainable params", "other adapter state", "grads",
+            "AdamW state", "training overhead", "total", "saved / LoRA", "total / LoRA"]
+    print("| configuration | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for r in out.values():
+        cells = [f"{r[c] / size:.3f}" for c in ("saved", "frozen", "trainable", "adapter_other", "grads", "optim",
+                                                 "overhead", "total")]
+        if "saved_min" in r:
+            cells[0] += f" ({r['saved_min'] / size:.3f}-{r['saved_max'] / size:.3f})"
+        print(f"| {r['label']} | " + " | ".join(cells) + f" | {r['saved_ratio']:.3f} | {r['total_ratio']:.3f} |")
+    print()
+    print(f"{unit} = 2^{30 if unit == 'GiB' else 20} bytes. AdamW state in its steady state grows to LoRA's once every module has been active; "
+          "the rows show it after these steps. Not counted: transient buffers inside one op, the allocator's "
+          "caching and fragmentation, and the CUDA context.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": {**vars(args), "modules": m, "device": str(device),
+                                  "torch": torch.__version__, "transformers": transformers.__version__},
+                       "rows": out}, f, indent=1)
+
+
+if args.config:
+    project()
+    sys.exit(0)
+if device.type == "meta":
+    p.error("--device meta needs --config (the RoBERTa-base rows run for real)")
 
 
 # ----------------------------------------------------------------------------- the configurations

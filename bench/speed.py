@@ -19,6 +19,7 @@ only, D the smallest depth holding K modules (8 of 12 layers for 16/24, 4 for 8/
 
   python bench/speed.py                 # RoBERTa-base, batch 16, seq 128 (under 10 minutes on 2 CPU cores)
   python bench/speed.py --quick --json s.json
+  torchrun --standalone --nproc-per-node 2 bench/speed.py --ddp    # gradient averaging over 2 processes (gloo on CPU)
 """
 import argparse
 import datetime
@@ -57,6 +58,7 @@ p.add_argument("--quick", action="store_true", help="under a minute: 4 layers, b
 p.add_argument("--seed", type=int, default=0, help="seed for weights, tokens and the allocators")
 p.add_argument("--device", default="auto", help="cpu or cuda (auto: cuda when present)")
 p.add_argument("--json", default=None, help="also write every timing (seconds) to this JSON file")
+p.add_argument("--ddp", action="store_true", help="under torchrun: time gradient averaging (flattened all_reduce vs DDP rebuilt) instead")
 args = p.parse_args()
 
 quick = dict(batch_size=8, seq_len=64, layers=4, reps=5, warmup=1)
@@ -162,6 +164,137 @@ class Config:
 
     def lowest_active_layer(self):
         return min(int(re.search(r"\.layer\.(\d+)\.", n).group(1)) for n in self.alloc.active)
+
+
+# ----------------------------------------------------------------------------- --ddp: the cost of averaging gradients
+
+
+def ddp_mode():
+    """Under torchrun: the per-step cost of averaging DynaLoRA's gradients over the ranks, two ways.
+
+    Every rank holds three copies of DynaLoRA K/M (the same model, allocator and batch) and times, interleaved:
+    a step with no averaging (what each rank costs alone), a step followed by train.py's one flattened all_reduce of
+    the active adapters' and the head's gradients (distributed.all_reduce_grads), and a step through
+    DistributedDataParallel, which all-reduces in buckets during backward. DDP buckets the parameters that require
+    grad when it is built, so it is rebuilt after each re-allocation: that rebuild is timed apart (with init_sync=False,
+    since the weights are already equal on every rank; the default also broadcasts every parameter and buffer, timed
+    too) and 1/period of it is added to DDP's step."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+    import distributed
+    rank, world, _ = distributed.setup("cpu" if not cuda else "cuda")
+    dev = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    local_batch = {k: v.to(dev) for k, v in batch.items()}
+
+    class Run:
+        def __init__(self, mode):
+            torch.manual_seed(args.seed)
+            self.mode = mode
+            self.model = RobertaForSequenceClassification(RobertaConfig(num_labels=2, num_hidden_layers=args.layers))
+            self.adapters = lora.inject(self.model, "query,value", lambda lin: lora.LoRALinear(lin, r=8, alpha=8.0))
+            self.model.to(dev).train()
+            self.head = lora.head_parameters(self.model)
+            self.optimizer, self.scheduler = allocate.build_optimizer(
+                "global", self.adapters, self.head, lr=5e-4, total_steps=10 ** 6, warmup_steps=0)
+            self.alloc = allocate.Allocation(list(self.adapters), "discounted", K, measure="forward",
+                                             period=args.period, seed=args.seed)
+            self.alloc.initial(self.adapters, None)
+            importance.set_tracking(self.adapters, "forward")
+            self.n, self.times, self.rebuilds, self.rebuilds_sync = 0, [], [], []
+            self.ddp = self.rebuild() if mode == "ddp" else None
+
+        def rebuild(self, init_sync=False):
+            self.ddp = None
+            gc.collect()
+            return DistributedDataParallel(self.model, device_ids=[dev.index] if cuda else None, init_sync=init_sync)
+
+        def trained(self):
+            return [q for a in self.adapters.values() for q in a.adapter_params() if q.requires_grad] + self.head
+
+        def step(self):
+            dist.barrier()
+            t0 = now()
+            loss = (self.ddp or self.model)(**local_batch).loss
+            loss.backward()
+            if self.mode == "flat":
+                distributed.all_reduce_grads(self.trained())
+            torch.nn.utils.clip_grad_norm_(self.trained(), 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.n += 1
+            if allocate.due("periodic", self.n, args.period):
+                self.n += 1
+            self.alloc.step(self.n, self.adapters)
+            return now() - t0
+
+        def reallocate(self):
+            due = (self.n // args.period + 1) * args.period
+            assert self.alloc.step(due, self.adapters) is not None
+            self.n = due
+            if self.mode == "ddp":
+                for init_sync, out in ((True, self.rebuilds_sync), (False, self.rebuilds)):
+                    dist.barrier()
+                    t0 = now()
+                    self.ddp = self.rebuild(init_sync)
+                    out.append(now() - t0)
+
+    runs = []
+    for mode in ("alone", "flat", "ddp"):
+        progress(f"rank {rank}: building {mode}")
+        runs.append(Run(mode))
+    for rnd in range(args.warmup + args.reps):
+        if rank == 0:
+            progress(f"round {rnd + 1}/{args.warmup + args.reps}{'' if rnd >= args.warmup else ' (warm-up)'}")
+        for r in runs:
+            gc.collect()
+            t = r.step()
+            if rnd >= args.warmup:
+                r.times.append(t)
+            r.reallocate()
+    times = distributed.gather_object({r.mode: r.times for r in runs})  # the slowest rank sets each step's time
+    rows = {}
+    labels = {"alone": "no gradient averaging (one rank's share of the work)",
+              "flat": "train.py: one flattened all_reduce of the active gradients",
+              "ddp": "DistributedDataParallel, rebuilt after each re-allocation"}
+    for r in runs:
+        per_step = [max(t[r.mode][i] for t in times) for i in range(len(r.times))]
+        rebuild = statistics.median(r.rebuilds) if r.rebuilds else 0.0
+        rows[r.mode] = dict(label=labels[r.mode], times=per_step, median_step=statistics.median(per_step),
+                            rebuild_median=rebuild, rebuild_sync_median=statistics.median(r.rebuilds_sync)
+                            if r.rebuilds_sync else 0.0, median=statistics.median(per_step) + rebuild / args.period)
+    distributed.cleanup()
+    if rank != 0:
+        return
+    alone = rows["alone"]["median"]
+    print("# bench/speed.py --ddp: per-step cost of averaging gradients over processes")
+    print(f"{datetime.date.today().isoformat()}; {world} processes ({'nccl' if cuda else 'gloo'}), RoBERTa-base "
+          f"architecture, {args.layers} layers, batch {args.batch_size} x seq {args.seq_len} per process, fp32, "
+          f"DynaLoRA {K}/{M} q,v r=8, re-allocation every {args.period} steps; torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()} per process; {args.warmup} warm-up and {args.reps} timed rounds; "
+          f"wall time {time.time() - t_start:.0f} s")
+    print()
+    print(f"| gradient averaging | step median (s) | DDP rebuild median (ms) | step + rebuild/{args.period} (s) "
+          f"| cost of averaging per step (s) | ratio vs no averaging |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows.values():
+        rebuild = f"{1000 * r['rebuild_median']:.1f} ({1000 * r['rebuild_sync_median']:.1f} with init_sync)" \
+            if r["rebuild_median"] else "-"
+        print(f"| {r['label']} | {r['median_step']:.4f} | {rebuild} | {r['median']:.4f} | "
+              f"{r['median'] - alone:.4f} | {r['median'] / alone:.3f} |")
+    print()
+    print("Each step's time is the slowest rank's. The rebuild column shows DDP's constructor without init_sync "
+          "(weights already equal) and, in brackets, with it (it broadcasts every parameter and buffer first).")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"config": {**vars(args), "world_size": world, "modules": M, "budget": K}, "rows": rows}, f,
+                      indent=1)
+
+
+if args.ddp:
+    ddp_mode()
+    sys.exit(0)
 
 
 specs = [

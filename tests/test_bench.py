@@ -175,3 +175,55 @@ def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, g
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count(": ok in") == 2 and (cal / "calibration.png").stat().st_size > 0
     assert "| RTE | 0.001 | 0 |" in proc.stdout and "| RTE | 0.01 | 0 |" in proc.stdout
+
+
+TINY_CONFIGS = {
+    "llama": {"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64},
+    "roberta": {"model_type": "roberta", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2,
+                "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, "pad_token_id": 1},
+}
+
+
+@pytest.mark.parametrize("kind,prec", [("llama", "bf16"), ("roberta", "fp32")])
+def test_meta_device_accounting_equals_the_real_one(tmp_path, kind, prec):
+    """--config on the meta device (nothing allocated) gives the real CPU run's bytes, row for row: the Llama uses
+    CPU's fused attention kernel (grouped-query, causal, no dropout) under bf16 autocast, RoBERTa the math path with
+    attention dropout."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(TINY_CONFIGS[kind]))
+    rows = {}
+    for dev in ("cpu", "meta"):
+        out = tmp_path / f"{dev}.json"
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--config", str(cfg), "--device", dev,
+                               "--like", "cpu", "--precision", prec, "--batch-size", "2", "--seq-len", "16",
+                               "--draws", "1", "--active", "8", "--json", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows[dev] = json.loads(out.read_text())["rows"]
+    m = 14 if kind == "llama" else 12  # every linear of 2 layers
+    k = round(8 * m / 24)
+    assert list(rows["meta"]) == ["lora", f"dynalora{k}_random", f"dynalora{k}_upper", f"dynalora{k}_lower",
+                                  f"dynalora{k}_depth"]
+    keys = ("saved", "frozen", "trainable", "adapter_other", "grads", "optim", "optim_local", "total")
+    for name, r in rows["cpu"].items():
+        assert all(r[k] == rows["meta"][name][k] for k in keys), name
+        assert r["saved"] > 0 and r["total"] == r["overhead"] + r["frozen"]
+    lo = rows["meta"]
+    assert lo["lora"]["saved"] > lo[f"dynalora{k}_upper"]["saved"]  # backward stops early
+    assert lo[f"dynalora{k}_depth"]["max_depth"] == 1 and lo[f"dynalora{k}_depth"]["saved_max"] < lo["lora"]["saved"]
+
+
+def test_speed_ddp_mode_under_torchrun(tmp_path):
+    out = tmp_path / "ddp.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(ROOT / "bench" / "speed.py"), "--ddp", *TINY, "--reps", "2", "--warmup", "0",
+                           "--period", "2", "--json", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("| gradient averaging |") == 1  # rank 0 alone reports
+    res = json.loads(out.read_text())
+    assert res["config"]["world_size"] == 2 and list(res["rows"]) == ["alone", "flat", "ddp"]
+    for key, r in res["rows"].items():
+        assert len(r["times"]) == 2 and all(t > 0 for t in r["times"]), key
+        assert (r["rebuild_median"] > 0 and r["rebuild_sync_median"] > 0) == (key == "ddp"), key
