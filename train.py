@@ -364,9 +364,6 @@ if args.resume and os.path.exists(ckpt_path):
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     loss_sum, n_loss = ckpt["loss_sum"].to(device), ckpt["n_loss"]  # the open --log-every window
-    if not master:  # the checkpoint holds the sums over ranks: rank 0 carries them on, the others start from 0
-        loss_sum.zero_()
-        importance.reset(adapters)
     if master:
         with open(metrics_path) as f:  # drop what was logged after the checkpoint: it will be logged again
             lines = [ln for ln in f if json.loads(ln).get("step", 0) <= start_step]
@@ -374,6 +371,9 @@ if args.resume and os.path.exists(ckpt_path):
             f.writelines(lines)
         os.replace(metrics_path + ".tmp", metrics_path)
         print(f"resumed from {ckpt_path} at step {start_step}")
+    else:  # the checkpoint holds the sums over ranks: rank 0 carries them on, the others start from 0
+        loss_sum.zero_()
+        importance.reset(adapters)
 elif master and os.path.exists(metrics_path):
     os.remove(metrics_path)
 

@@ -3,16 +3,14 @@ as one big batch, choose the same allocations, and resume after SIGKILL. The tin
 batch draws other dropout masks, which no split can reproduce."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import ROOT, glue_dir, run_train, tiny_model_nodrop  # noqa: F401 (fixtures)
+from tiny import ROOT, glue_dir, kill_after_first_checkpoint, run_train, tiny_model_nodrop  # noqa: F401 (fixtures)
 
 FAST = ["--max-len", 24, "--log-every", 1, "--probe-batches", 2, "--eval-batch-size", 16, "--rank", 2, "--lr", 1e-2,
         "--active", 2, "--period", 2]
@@ -58,16 +56,17 @@ def test_grad_accum_4_at_batch_4_matches_batch_16(tmp_path, tiny_model_nodrop, g
             assert v == big["model"][k], k
 
 
-def torchrun(*flags, background=False):
+ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def torchrun_cmd(*flags):
     """train.py under torchrun with 2 processes on this CPU (gloo), on a free port."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(ROOT / "train.py"), "--no-progress", "--device", "cpu", *map(str, flags)]
-    if background:  # its own process group, so that SIGKILL reaches the workers too
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            str(ROOT / "train.py"), "--no-progress", "--device", "cpu", *map(str, flags)]
+
+
+def torchrun(*flags):
+    proc = subprocess.run(torchrun_cmd(*flags), capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -88,14 +87,8 @@ def test_torchrun_two_processes_match_one_and_resume_after_sigkill(tmp_path, tin
     assert len(cb["rng_cpu"]) == 2 and cb["world_size"] == 2  # each rank's random state
 
     killed = tmp_path / "killed"
-    proc = torchrun(*common, "--batch-size", 8, "--output-dir", killed, background=True)
-    deadline = time.time() + 200
-    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert 1 <= torch.load(killed / "checkpoint.pt", weights_only=True)["step"] < 12
+    assert 1 <= kill_after_first_checkpoint(torchrun_cmd(*common, "--batch-size", 8, "--output-dir", killed), killed,
+                                            env=ENV) < 12
     torchrun(*common, "--batch-size", 8, "--output-dir", killed, "--resume")
     a, b = adapters_of(tmp_path / "two"), adapters_of(killed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,12 +1,8 @@
 """--precision: bf16 autocast trains and resumes; fp16 scales the loss and a skipped step is no update; what trains,
 its optimizer state and the importance accumulators stay float32; the frozen base is stored in the low dtype."""
 import json
-import os
 import runpy
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,7 +12,7 @@ import allocate
 import importance
 import lora
 import precision
-from tiny import ROOT, glue_dir, run_train, tiny_model  # noqa: F401 (fixtures)
+from tiny import ROOT, glue_dir, kill_after_first_checkpoint, run_train, tiny_model  # noqa: F401 (fixtures)
 
 FAST = ["--batch-size", 8, "--max-len", 24, "--log-every", 1, "--probe-batches", 2, "--eval-batch-size", 16]
 
@@ -125,16 +121,8 @@ def test_bf16_trains_and_resumes_bitwise_after_sigkill(tmp_path, tiny_model, glu
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in trained.items())
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--no-progress", *map(str, common),
-                             "--output-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert torch.load(killed / "checkpoint.pt", weights_only=True)["step"] < 24
+    assert kill_after_first_checkpoint([sys.executable, ROOT / "train.py", "--no-progress", *common,
+                                        "--output-dir", killed], killed) < 24
     run_train(*common, "--output-dir", killed, "--resume")
     resumed = load_file(killed / "adapter" / "adapter_model.safetensors")
     assert trained.keys() == resumed.keys() and all(torch.equal(trained[k], resumed[k]) for k in trained)

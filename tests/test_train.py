@@ -2,16 +2,13 @@
 import csv
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiny import ROOT, SHARED_GLUE, build_tiny_model, glue_dir, run_train, tiny_model  # noqa: F401 (fixtures)
+from tiny import ROOT, SHARED_GLUE, build_tiny_model, glue_dir, kill_after_first_checkpoint, run_train, tiny_model  # noqa: F401 (fixtures)
 
 FAST = ["--batch-size", 8, "--max-len", 24, "--log-every", 1, "--probe-batches", 2, "--eval-batch-size", 16]
 
@@ -193,16 +190,8 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, tiny_model, glue_di
     ref = tmp_path / "ref"
     run_train(*common, "--output-dir", ref)
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--no-progress", *map(str, common),
-                             "--output-dir", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 120
-    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    step = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
+    step = kill_after_first_checkpoint([sys.executable, ROOT / "train.py", "--no-progress", *common,
+                                        "--output-dir", killed], killed)
     assert 1 <= step < 40
     run_train(*common, "--output-dir", killed, "--resume")
     a = load_file(ref / "adapter" / "adapter_model.safetensors")

@@ -120,6 +120,23 @@ def run_train(*flags, timeout=300, check=True):
     return proc
 
 
+def kill_after_first_checkpoint(cmd, out, env=None, timeout=200):
+    """Start `cmd` (a run writing to `out`) in its own process group, so that SIGKILL reaches any workers it starts,
+    kill it as soon as out/checkpoint.pt exists, and return the step that checkpoint holds."""
+    import signal
+    import time
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not (Path(out) / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return torch.load(Path(out) / "checkpoint.pt", weights_only=True)["step"]
+
+
 def saved_activation_bytes(module, *args, **kwargs):
     """Bytes of the distinct storages autograd saves for backward during module(*args, **kwargs),
     not counting parameter or buffer storages."""
