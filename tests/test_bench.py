@@ -100,9 +100,15 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     cmd = [sys.executable, str(ROOT / "bench" / "glue_table.py"), "--model", tiny_model, "--data-dir", glue_dir,
            "--methods", "lora", "dynalora-f", "--tasks", "rte", "stsb", "--max-steps", "2", "--max-len", "24",
            "--out", str(out), "--table", str(table), "--jobs", "2"]
+    committed = (ROOT / "bench" / "results" / "glue_table.md").read_bytes()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count(": ok in") == 4 and "3 of 4 query+value modules" in proc.stdout
+    # without --table the table goes into the run folder; the committed one only moves with --write-committed-table
+    default = subprocess.run([a for a in cmd if a not in ("--table", str(table))] + ["--table-only"],
+                             capture_output=True, text=True, timeout=300)
+    assert default.returncode == 0 and (out / "glue_table.md").read_text() == table.read_text()
+    assert (ROOT / "bench" / "results" / "glue_table.md").read_bytes() == committed
     main = table.read_text().split("Best eval")[0]  # the first table: final values, mean ± std
     rows = {line.split("|")[1].strip(): line for line in main.splitlines() if line.startswith("| ")}
     for label in ("LoRA QV r=8", "DynaLoRA QV/2/3/F"):
@@ -227,3 +233,26 @@ def test_speed_ddp_mode_under_torchrun(tmp_path):
     for key, r in res["rows"].items():
         assert len(r["times"]) == 2 and all(t > 0 for t in r["times"]), key
         assert (r["rebuild_median"] > 0 and r["rebuild_sync_median"] > 0) == (key == "ddp"), key
+
+
+def test_readme_numbers_reruns_and_compares(tmp_path, tiny_model, glue_dir):
+    """readme_numbers.py on a README of one tiny command: a wrong stated number is a MISMATCH (exit 1), the
+    number the run prints is ok (exit 0), and a checked command without --output-dir is refused."""
+    readme, out = tmp_path / "README.md", tmp_path / "runs"
+    command = (f"python train.py --task rte --model {tiny_model} --data-dir {glue_dir} --max-steps 4 \\\n"
+               f"    --batch-size 8 --max-len 24 --output-dir out/tiny-rte")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def check(stated, cmd=command):
+        readme.write_text(f"Intro.\n\n```bash\n{cmd}\n# dev after 4 steps: {stated}\n```\n")
+        return subprocess.run([sys.executable, str(ROOT / "bench" / "readme_numbers.py"), "--readme", str(readme),
+                               "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    wrong = check("accuracy 101.0")
+    assert wrong.returncode == 1 and "[MISMATCH]" in wrong.stdout and "differs: accuracy" in wrong.stdout, wrong.stderr
+    res = json.loads((out / "tiny-rte" / "results.json").read_text())  # the run went to OUT/NAME, not out/tiny-rte
+    assert f"after 4 steps accuracy {res['final']:.2f}" in wrong.stdout and not (ROOT / "out" / "tiny-rte").exists()
+    right = check(f"accuracy {res['final']:.1f}")
+    assert right.returncode == 0 and "[ok]" in right.stdout and "1 of 1 commands match" in right.stdout
+    assert "[ok]" in (out / "readme_numbers.txt").read_text()
+    refused = check("accuracy 50.0", cmd=command.replace(" --output-dir out/tiny-rte", ""))
+    assert refused.returncode == 2 and "no --output-dir" in refused.stderr

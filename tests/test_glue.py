@@ -1,5 +1,5 @@
 """Tests for glue.py: metrics against hand-computed values, TSV parsing of every GLUE format,
-error messages, hub-path wiring (mocked: no network here), tokenisation and dynamic padding,
+error messages, hub-path wiring (mocked: no network here), tokenisation and dynamic padding (DataCollatorWithPadding),
 and row counts / label balance on the real GLUE files when they are present."""
 import math
 import os
@@ -240,7 +240,7 @@ def test_hub_columns_and_splits(monkeypatch):
     assert type(d["text_a"]) is list
 
 
-# ---------------------------------------------------------------- encode / collate
+# ---------------------------------------------------------------- encode and padding (DataCollatorWithPadding)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -273,14 +273,20 @@ def test_encode_truncates_pairs_and_keeps_labels():
     assert glue.encode(tok, data, max_len=8, chunk=2) == ex  # chunking does not change anything
 
 
+def collate(tok, examples):
+    from transformers import DataCollatorWithPadding
+    return DataCollatorWithPadding(tok)(examples)
+
+
 def test_collate_pads_dynamically():
+    """The batches train.py feeds the model: encode() output padded by transformers' DataCollatorWithPadding."""
     tok = _tokenizer(token_types=False)  # RoBERTa-like: no token_type_ids
     data = {"text_a": ["the cat sat on the mat", "a dog", "is it raining"], "text_b": None, "label": [1, 0, 1]}
     ex = glue.encode(tok, data, max_len=32)
     assert "token_type_ids" not in ex[0]
     lens = [len(e["input_ids"]) for e in ex]
     assert lens == [8, 4, 5]
-    b = glue.collate(ex, pad_id=tok.pad_token_id)
+    b = collate(tok, ex)
     assert set(b) == {"input_ids", "attention_mask", "labels"}
     assert b["input_ids"].shape == (3, 8) and b["input_ids"].dtype == torch.long  # longest in batch, not 32
     assert b["attention_mask"].sum(1).tolist() == lens
@@ -288,13 +294,13 @@ def test_collate_pads_dynamically():
     assert (b["input_ids"][b["attention_mask"] == 0] == tok.pad_token_id).all()
     assert b["input_ids"][1, :4].tolist() == ex[1]["input_ids"]
     assert b["labels"].tolist() == [1, 0, 1] and b["labels"].dtype == torch.long
-    assert glue.collate(ex[1:], pad_id=tok.pad_token_id)["input_ids"].shape == (2, 5)
+    assert collate(tok, ex[1:])["input_ids"].shape == (2, 5)
 
 
 def test_collate_token_types_and_regression_labels():
     tok = _tokenizer(token_types=True)
     data = {"text_a": ["the cat", "a dog ran"], "text_b": ["sat", "far"], "label": [4.2, 0.5]}
-    b = glue.collate(glue.encode(tok, data, max_len=16), pad_id=tok.pad_token_id)
+    b = collate(tok, glue.encode(tok, data, max_len=16))
     assert b["labels"].dtype == torch.float32 and b["labels"].tolist() == pytest.approx([4.2, 0.5])
     assert b["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1, 1]]
 

@@ -20,13 +20,13 @@ def read_jsonl(path):
 
 def load_merged_and_eval(out, glue_dir, task="rte"):
     """The merged export alone (plain transformers) must reproduce the run's final dev metrics."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
     import glue
     tok = AutoTokenizer.from_pretrained(os.path.join(out, "merged"))
     model = AutoModelForSequenceClassification.from_pretrained(os.path.join(out, "merged")).eval()
     dev = glue.encode(tok, glue.load_split(task, "dev", glue_dir), 24)
     with torch.no_grad():
-        logits = model(**{k: v for k, v in glue.collate(dev, tok.pad_token_id).items() if k != "labels"}).logits
+        logits = model(**{k: v for k, v in DataCollatorWithPadding(tok)(dev).items() if k != "labels"}).logits
     preds = logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1)
     return glue.compute_metrics(task, preds.numpy(), [ex["label"] for ex in dev])
 
@@ -38,6 +38,11 @@ def test_each_method_writes_every_output(tmp_path, tiny_model, glue_dir, method)
                      "--max-steps", 6, "--eval-every", 3, "--save-every", 3, "--rank", 4, "--lr", 1e-3,
                      "--output-dir", out, *FAST)
     assert "trainable parameters:" in proc.stdout
+    # one calm line about the head, the effective budget once, nothing from transformers' load report
+    assert "task head (2 outputs: entailment, not_entailment) loaded from the checkpoint" in proc.stdout
+    assert "budget: 6 steps = 1 epoch(s) of 6 steps (batch 8, 48 examples; --max-steps), warmup 0 steps, eval every 3" \
+        in proc.stdout and "epochs:" not in proc.stdout
+    assert "MISSING" not in proc.stdout + proc.stderr and "Loading weights" not in proc.stderr
     args = json.loads((out / "args.json").read_text())
     assert args["method"] == method and "commit" in args and args["task"] == "rte"
     metrics = read_jsonl(out / "metrics.jsonl")
@@ -49,15 +54,24 @@ def test_each_method_writes_every_output(tmp_path, tiny_model, glue_dir, method)
     assert res["final"] == evals[-1]["accuracy"] and res["best"] == max(m["accuracy"] for m in evals)
     assert 0 < res["active_trainable_params"] <= res["trainable_params"] <= res["total_params"]
     assert res["peak_memory_mb"] > 0 and res["wall_time_s"] >= 0
-    assert (out / "eval_loss.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()
+    assert (out / "loss.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()
     assert load_merged_and_eval(out, glue_dir)["accuracy"] == pytest.approx(res["final"])
     if method == "lora":
         cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
         assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["modules_to_save"] == ["classifier"]
         keys = load_file(out / "adapter" / "adapter_model.safetensors")
         assert sum(k.endswith("lora_A.weight") for k in keys) == 4  # query+value x 2 layers
-    if method == "vera":
-        assert (out / "adapter" / "adapter_model.safetensors").exists()
+    if method == "vera":  # PEFT's VeRA format with the projections (tests/test_vera.py loads it with peft)
+        cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+        assert cfg["peft_type"] == "VERA" and cfg["r"] == 4 and cfg["save_projection"]
+        keys = load_file(out / "adapter" / "adapter_model.safetensors")
+        assert {"base_model.vera_A", "base_model.vera_B"} <= set(keys)
+        assert sum(k.endswith("vera_lambda_d") for k in keys) == 4
+    if method in ("full", "bitfit"):
+        assert not (out / "adapter").exists()
+    merged = json.loads((out / "merged" / "config.json").read_text())
+    assert merged["id2label"] == {"0": "entailment", "1": "not_entailment"}
+    assert merged["label2id"] == {"entailment": 0, "not_entailment": 1}
     if method == "full":
         assert res["trainable_params"] == res["total_params"]
 
@@ -100,6 +114,11 @@ def test_dynamic_allocation_runs(tmp_path, tiny_model, glue_dir, allocator, meas
     active_steps = sum((e - s) * len(a["active"]) for (s, e), a in zip(spans, allocs))
     assert sum(fractions) == pytest.approx(active_steps / 8, abs=1e-3)
     assert (out / "selection.png").stat().st_size > 0
+    if allocator == "topk":  # figures.py redraws both figures from the run's files alone
+        os.remove(out / "selection.png")
+        os.remove(out / "loss.png")
+        subprocess.run([sys.executable, str(ROOT / "figures.py"), str(out)], check=True, capture_output=True)
+        assert (out / "selection.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
     res = json.loads((out / "results.json").read_text())
     assert res["dynamic"] and res["active_trainable_params"] < res["trainable_params"]
 
@@ -205,14 +224,23 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, tiny_model, glue_di
 
 
 def test_regression_task_and_cola(tmp_path, tiny_model, glue_dir):
-    run_train("--task", "stsb", "--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 3,
-              "--output-dir", tmp_path / "stsb", *FAST)
+    proc = run_train("--task", "stsb", "--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 20,
+                     "--output-dir", tmp_path / "stsb", *FAST)
     res = json.loads((tmp_path / "stsb" / "results.json").read_text())
     assert res["headline_metric"] == "pearson" and {"pearson", "spearmanr"} <= set(res["dev_metrics"])
-    run_train("--task", "CoLA", "--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 3,
+    # the tiny model's 2-label output layer does not fit a 1-output regression head: a new one, said in one line
+    assert "task head (1 output: regression): classifier.out_proj new, randomly initialised" in proc.stdout
+    assert "NOT in the checkpoint" not in proc.stdout and "MISMATCH" not in proc.stdout + proc.stderr
+    evals = [m["step"] for m in read_jsonl(tmp_path / "stsb" / "metrics.jsonl") if "eval_loss" in m]
+    assert evals == list(range(2, 21, 2))  # by default 10 evals per run
+    run_train("--task", "CoLA", "--model", tiny_model, "--data-dir", glue_dir, "--max-steps", 8, "--eval-every", 0,
               "--output-dir", tmp_path / "cola", *FAST)
     res = json.loads((tmp_path / "cola" / "results.json").read_text())
     assert res["headline_metric"] == "mcc" and "mcc" in res["dev_metrics"]
+    evals = [m["step"] for m in read_jsonl(tmp_path / "cola" / "metrics.jsonl") if "eval_loss" in m]
+    assert evals == [6, 8]  # --eval-every 0: once per epoch (48 examples, batch 8) and at the end
+    merged = json.loads((tmp_path / "cola" / "merged" / "config.json").read_text())
+    assert merged["id2label"] == {"0": "unacceptable", "1": "acceptable"}
 
 
 @pytest.mark.skipif(not (SHARED_GLUE / "RTE" / "train.tsv").exists(), reason="real GLUE files not present")
@@ -224,7 +252,7 @@ def test_real_rte_files(tmp_path):
               "--max-len", 64, "--max-train-samples", 64, "--output-dir", tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     evals = [m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in m]
-    assert res["headline_metric"] == "accuracy" and len(evals) == 1
+    assert res["headline_metric"] == "accuracy" and [m["step"] for m in evals] == [1, 2, 3, 4]  # 10 evals at most
     # accuracy over all 277 dev pairs is a multiple of 1/277
     assert round(res["final"] * 277 / 100) == pytest.approx(res["final"] * 277 / 100, abs=1e-6)
 

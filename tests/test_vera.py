@@ -1,5 +1,6 @@
 """Tests for vera.py on tiny random RoBERTa and BERT encoders (CPU, seeded, no downloads)."""
 import copy
+import json
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import lora
+import vera
 from lora import LoRALinear
 from tiny import outputs_and_grads, saved_activation_bytes
 from vera import VeRALinear, inject_vera
@@ -311,6 +313,42 @@ def test_export_merged_loads_as_plain_hf_model(tiny_encoder, tiny_ids, arch, tmp
     plain = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "merged")).eval()
     assert all(type(m).__module__.startswith(("transformers.", "torch.")) for m in plain.modules())
     assert (logits(plain, tiny_ids) - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("targets", ["query,value", ALL_TARGETS])  # all: projections sized by the widest layers
+def test_export_peft_loads_with_peft(tiny_encoder, tiny_ids, arch, targets, tmp_path):
+    """PEFT alone (no project code) loads the VeRA export and gives the same logits; the projections come from the
+    file (save_projection), not from PEFT's generator: a wrong projection_prng_key in the config changes nothing."""
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+    base = tiny_encoder(arch, num_labels=3)
+    base.save_pretrained(str(tmp_path / "base"))
+    model, adapters = vera_model(tiny_encoder, arch, targets, r=16, seed=7, num_labels=3)
+    randomize_lambdas(adapters, seed=4)
+    with torch.no_grad():
+        for p in lora.head_parameters(model):
+            p.add_(0.1)
+    model.eval()
+    expected = logits(model, tiny_ids)
+    assert (expected - logits(base, tiny_ids)).abs().max() > 1e-4
+    out = tmp_path / "peft"
+    vera.export_peft(str(out), model, adapters, base_model_name_or_path=str(tmp_path / "base"))
+    saved = load_file(out / "adapter_model.safetensors")
+    shared = next(iter(adapters.values())).shared
+    assert torch.equal(saved["base_model.vera_A"], shared.vera_A) and torch.equal(saved["base_model.vera_B"], shared.vera_B)
+    assert saved["base_model.vera_A"].shape == (16, max(a.in_features for a in adapters.values()))
+
+    def load_and_check():
+        fresh = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "base"))
+        peft_model = peft.PeftModel.from_pretrained(fresh, str(out)).eval()
+        assert sum(isinstance(m, peft.tuners.vera.VeraLayer) for m in peft_model.modules()) == len(adapters)
+        assert (logits(peft_model, tiny_ids) - expected).abs().max() < 1e-5
+    load_and_check()
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "VERA" and cfg["save_projection"] and cfg["projection_prng_key"] == 7
+    (out / "adapter_config.json").write_text(json.dumps({**cfg, "projection_prng_key": 12345}))
+    load_and_check()
 
 
 def test_export_peft_refuses_vera(tiny_encoder, tmp_path):
