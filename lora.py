@@ -376,6 +376,7 @@ def _atomic_dir(final_dir, write):
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
     try:
         write(tmp)
+        umask_modes(tmp)
         if os.path.exists(final_dir):
             old = final_dir + ".old"
             shutil.rmtree(old, ignore_errors=True)
@@ -389,10 +390,30 @@ def _atomic_dir(final_dir, write):
         raise
 
 
+def umask_modes(path):
+    """Give `path` (a file, or a dir and all in it) the modes open() and mkdir() give under the umask:
+    mkdtemp makes 0700 dirs and safetensors 0600 files, which a shared results folder cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if not os.path.isdir(path):
+        os.chmod(path, 0o666 & ~umask)
+        return
+    for root, _, files in os.walk(path):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
 def save_file_atomic(tensors, path, metadata=None):
     tmp = f"{path}.tmp"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        umask_modes(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def save_adapters(path, model, adapters, metadata=None):

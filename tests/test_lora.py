@@ -1,5 +1,6 @@
 """Tests for lora.py on tiny random RoBERTa and BERT encoders (CPU, seeded, no downloads)."""
 import math
+import os
 from collections import OrderedDict
 
 import pytest
@@ -494,3 +495,22 @@ def test_model_without_head_is_refused_before_any_change(tiny_encoder):
         inject(encoder, "query,value", LoRALinear)
     assert not any(isinstance(m, LoRALinear) for m in encoder.modules())
     assert all(p.requires_grad for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exports_respect_the_umask(tiny_encoder, tmp_path, umask):
+    """adapter/ and merged/ get the modes ordinary files get, not mkdtemp's 0700 and safetensors' 0600."""
+    model = tiny_encoder("roberta")
+    adapters = lora.inject(model, "query,value", lambda lin: lora.LoRALinear(lin, r=2, alpha=2))
+    old = os.umask(umask)
+    try:
+        lora.export_peft(str(tmp_path / "adapter"), model, adapters)
+        lora.export_merged(str(tmp_path / "merged"), model, adapters)
+        lora.save_adapters(str(tmp_path / "adapters.safetensors"), model, adapters)
+    finally:
+        os.umask(old)
+    modes = {os.path.relpath(os.path.join(r, n), tmp_path): os.stat(os.path.join(r, n)).st_mode & 0o777
+             for r, ds, fs in os.walk(tmp_path) for n in ds + fs}
+    assert modes["adapter"] == modes["merged"] == 0o777 & ~umask
+    assert {m for p, m in modes.items() if p not in ("adapter", "merged")} == {0o666 & ~umask}
+    assert "merged/model.safetensors" in modes and "adapter/adapter_model.safetensors" in modes
