@@ -12,7 +12,7 @@ from, so a model trained on one source evaluates correctly on the other. Metrics
     for idx in epoch_batches([len(e["input_ids"]) for e in examples], 32, seed=0, epoch=0, group_by_length=True):
         batch = collate([examples[i] for i in idx])
 """
-import csv
+import codecs
 import math
 import warnings
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch
 # dir/dev_file: classic GLUE layout DIR/<dir>/train.tsv and DIR/<dir>/<dev_file>.
 # text/label: TSV columns, by header name (or 0-based index for CoLA, whose train/dev have no header).
 # classes: label strings in HF id order when the TSV spells labels out; None means the TSV already
-# holds the HF ids (0/1), or the float score for STS-B (num_labels=1, regression).
+# holds the HF ids (0/1), or the float score for STS-B (num_labels=1, regression, within score_range).
 # labels: the label names of `nyu-mll/glue` in id order (None: STS-B, regression); they go into the model config.
 # metric: the headline dev metric, the one the LoRA and DynaLoRA papers report.
 TASKS = {
@@ -47,7 +47,7 @@ TASKS = {
                 metric="accuracy"),
     "stsb": dict(hf="stsb", hf_text=("sentence1", "sentence2"), hf_dev="validation", dir="STS-B",
                  dev_file="dev.tsv", header=True, text=("sentence1", "sentence2"), label="score",
-                 classes=None, num_labels=1, labels=None, metric="pearson"),
+                 classes=None, num_labels=1, labels=None, score_range=(0.0, 5.0), metric="pearson"),
     "mnli": dict(hf="mnli", hf_text=("premise", "hypothesis"), hf_dev="validation_matched", dir="MNLI",
                  dev_file="dev_matched.tsv", header=True, text=("sentence1", "sentence2"),
                  label="gold_label", classes=("entailment", "neutral", "contradiction"), num_labels=3,
@@ -109,8 +109,9 @@ def _parse_label(spec, value):
     """HF label id (or float score) for one TSV cell; raises ValueError saying what is wrong."""
     if spec["num_labels"] == 1:
         y = float(value)
-        if not math.isfinite(y):
-            raise ValueError(f"score {value!r} is not finite")
+        lo, hi = spec["score_range"]
+        if not lo <= y <= hi:  # NaN too
+            raise ValueError(f"score {value!r} outside [{lo:g}, {hi:g}]")
         return y
     if spec["classes"] is not None:
         if value not in spec["classes"]:
@@ -126,11 +127,17 @@ def _read_tsv(spec, path):
     if not path.is_file():
         raise DataError(f"{path}: no such file; expected the classic GLUE layout "
                         f"DIR/{spec['dir']}/train.tsv and DIR/{spec['dir']}/{spec['dev_file']}")
-    # utf-8-sig drops the BOM that starts MRPC's header; QUOTE_NONE because GLUE sentences carry
-    # unbalanced '"' characters that quoted reading would swallow across tabs and lines.
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    lines = [(i + 1, r) for i, r in enumerate(rows) if r]  # QUOTE_NONE: one row per line; skip blanks
+    # One row per line, cells split at tabs, no quoting: GLUE sentences carry unbalanced '"' characters that
+    # quoted reading would swallow across tabs and lines (and the csv module caps a cell at 128 KiB).
+    lines = []
+    for i, raw in enumerate(path.read_bytes().removeprefix(codecs.BOM_UTF8).split(b"\n")):  # MRPC starts with a BOM
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:{i + 1}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+        text = text.removesuffix("\r")
+        if text:  # skip blank lines
+            lines.append((i + 1, text.split("\t")))
     if not lines:
         raise DataError(f"{path}: empty file")
     if spec["header"]:
@@ -198,9 +205,15 @@ def _pct(x):
 
 def encode(tokenizer, data, max_len, chunk=1024):
     """Tokenise a load_split() dict into a list of {'input_ids', ['token_type_ids'], 'label'}.
-    Pairs are truncated longest-first to max_len tokens; nothing is padded here: DataCollatorWithPadding
-    pads each batch to its longest example and turns 'label' into 'labels'."""
+    Every example is truncated to max_len tokens (pairs longest-first); nothing is padded here:
+    DataCollatorWithPadding pads each batch to its longest example and turns 'label' into 'labels'."""
     a, b, y = data["text_a"], data["text_b"], data["label"]
+    # A cell is first cut to 16 characters per token of max(max_len, 256): the tokenizer's truncation of a pair
+    # takes time quadratic in its length (minutes for one 100 KB cell). Only longer cells change (no GLUE cell
+    # is: the longest, in RTE, has 1,392 characters), and they still yield max_len tokens unless theirs average
+    # over 16 characters; at most the split of the budget between the two sentences can move by a token.
+    cap = 16 * max(max_len, 256)
+    a, b = [t[:cap] for t in a], None if b is None else [t[:cap] for t in b]
     examples = []
     for i in range(0, len(a), chunk):  # batched calls to the fast tokenizer, bounded memory
         enc = tokenizer(a[i:i + chunk], None if b is None else b[i:i + chunk],

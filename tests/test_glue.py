@@ -183,6 +183,10 @@ def test_mnli_train_has_fewer_label_columns(tmp_path):
     ("sst2", "SST-2", "sentence\tlabel\ngood\t1\nbad\t2\n", ":3:", "out of range"),
     ("stsb", "STS-B", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
      "0\tg\tf\ty\to\ts\ts\ta\tb\tfive\n", ":2:", "bad label"),
+    ("stsb", "STS-B", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+     "0\tg\tf\ty\to\ts\ts\ta\tb\t5.0\n1\tg\tf\ty\to\ts\ts\ta\tb\t5.2\n", ":3:", "score '5.2' outside [0, 5]"),
+    ("stsb", "STS-B", "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+     "0\tg\tf\ty\to\ts\ts\ta\tb\t-0.5\n", ":2:", "score '-0.5' outside [0, 5]"),
     ("cola", "CoLA", "gj04\t1\t\tfine.\ngj04\t1\tbroken row\n", ":2:", "expected 4"),
     ("mrpc", "MRPC", "\ufeffQuality\t#1 ID\t#2 ID\t#1 Str\t#2 String\n1\t1\t2\ta\tb\n", ":1:", "#1 String"),
 ])
@@ -192,6 +196,22 @@ def test_malformed_rows(tmp_path, task, task_dir, text, where, what):
         glue.load_split(task, "train", tmp_path)
     msg = str(e.value)
     assert f"{tmp_path / task_dir / 'train.tsv'}{where}" in msg and what in msg and "\n" not in msg
+
+
+def test_non_utf8_byte_is_reported_as_file_and_line(tmp_path):
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_bytes(b"index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n"
+                                                 b"1\tna\xefve caf\xe9\tb\tentailment\n")
+    with pytest.raises(DataError) as e:
+        glue.load_split("rte", "train", tmp_path)
+    assert str(e.value) == f"{tmp_path / 'RTE' / 'train.tsv'}:3: not UTF-8 text (byte 0xef at column 5)"
+
+
+def test_a_cell_over_the_csv_field_limit_is_read(tmp_path):
+    import csv
+    long = "word " * (csv.field_size_limit() // 5 + 10)
+    _write(tmp_path, "RTE", "train.tsv", f"index\tsentence1\tsentence2\tlabel\n0\t{long}\tb\tentailment\n")
+    assert glue.load_split("rte", "train", tmp_path)["text_a"] == [long]
 
 
 def test_missing_and_empty(tmp_path):
@@ -271,6 +291,19 @@ def test_encode_truncates_pairs_and_keeps_labels():
     assert len(ex[1]["input_ids"]) == 8 and ex[1]["input_ids"][-1] == ids("[SEP]")  # 6 + 6 words cut to 8
     assert [e["label"] for e in ex] == [0, 1, 0]
     assert glue.encode(tok, data, max_len=8, chunk=2) == ex  # chunking does not change anything
+
+
+def test_long_examples_are_always_cut_to_max_len():
+    """However long a sentence (or both), every example fits max_len, down to the least a pair needs; a cell
+    longer than encode's character cap is cut first and still fills max_len."""
+    tok = _tokenizer(token_types=True)
+    long = " ".join(["the cat sat on the mat"] * 20)
+    data = {"text_a": [long, "the", long], "text_b": ["sat", long, long], "label": [0, 1, 0]}
+    need = tok.num_special_tokens_to_add(pair=True) + 2
+    for max_len in (need, 9, 64):
+        assert all(len(e["input_ids"]) <= max_len for e in glue.encode(tok, data, max_len))
+    huge = {"text_a": ["the cat sat " * 10000], "text_b": ["the mat"], "label": [1]}  # 120,000 characters
+    assert len(glue.encode(tok, huge, 64)[0]["input_ids"]) == 64
 
 
 def collate(tok, examples):
