@@ -128,7 +128,7 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     assert more.returncode == 0 and more.stdout.count(": ok in") == 1 and "lora        rte   seed 1: ok" in more.stdout
     row = next(line for line in more.stdout.splitlines() if line.startswith("| LoRA QV r=8 |"))
     cells = [c.strip() for c in row.split("|")[2:-1]]
-    assert cells[1] == "2" and " ± " in cells[2] and float(cells[3]) == float(cells[2].split(" ± ")[0])
+    assert cells[1] == "2" and " ± " in cells[2] and cells[3].split(" ± ")[0] == cells[2].split(" ± ")[0]  # avg over seeds
     # finished runs of another budget are never reused or tabulated: one line naming the difference, exit 2
     before = table.read_text()
     other = subprocess.run(cmd[:cmd.index("--max-steps")] + ["--max-steps", "3"] + cmd[cmd.index("--max-len"):]
