@@ -425,9 +425,11 @@ def test_dynamic_heterolora_with_shortcuts_under_a_parameter_budget(tmp_path, ti
     from transformers import AutoTokenizer
     model, cuts = shortcuts.load_merged(str(out / "merged"))
     tok = AutoTokenizer.from_pretrained(str(out / "merged"))
+    from transformers import DataCollatorWithPadding
     dev = glue.encode(tok, glue.load_split("rte", "dev", glue_dir), 24)
+    batch = DataCollatorWithPadding(tok)(dev)
     with torch.no_grad():
-        logits = model(**{k: v for k, v in glue.collate(dev, tok.pad_token_id).items() if k != "labels"}).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     acc = glue.compute_metrics("rte", logits.argmax(-1).numpy(), [ex["label"] for ex in dev])["accuracy"]
     assert len(cuts) == 7 and acc == pytest.approx(res["final"])
     assert (out / "adapter" / "adapter_model.safetensors").exists()
