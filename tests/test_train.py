@@ -269,12 +269,12 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_model, glue_dir):
     assert "boolq" in err(run_train("--task", "boolq", *base, "--output-dir", tmp_path / "a", check=False))
     os.makedirs(tmp_path / "g" / "RTE")
     (tmp_path / "g" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
-    line = err(run_train("--task", "rte", "--model", tiny_model, "--data-dir", tmp_path / "g", "--output-dir",
-                         tmp_path / "b", check=False))
+    line = err(run_train("--task", "rte", "--model", tiny_model, "--data-dir", tmp_path / "g", "--max-len", 24,
+                         "--output-dir", tmp_path / "b", check=False))
     assert "dev.tsv" in line
     (tmp_path / "g" / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\n")
-    line = err(run_train("--task", "rte", "--model", tiny_model, "--data-dir", tmp_path / "g", "--output-dir",
-                         tmp_path / "c", check=False))
+    line = err(run_train("--task", "rte", "--model", tiny_model, "--data-dir", tmp_path / "g", "--max-len", 24,
+                         "--output-dir", tmp_path / "c", check=False))
     assert "dev.tsv:2" in line
     line = err(run_train("--task", "rte", *base, "--active", 5, "--output-dir", tmp_path / "d", check=False))
     assert "5" in line and "4" in line  # asks for 5 of the 4 query+value modules

@@ -171,16 +171,16 @@ def run_train(*flags, timeout=300, check=True):
     return result
 
 
-def kill_after_first_checkpoint(cmd, out, env=None, timeout=200):
+def kill_after_first_checkpoint(cmd, out, env=None, timeout=200, wait_for="checkpoint.pt"):
     """Start `cmd` (a run writing to `out`) in its own process group, so that SIGKILL reaches any workers it starts,
-    kill it as soon as out/checkpoint.pt exists, and return the step that checkpoint holds."""
+    kill it as soon as out/checkpoint.pt (or out/`wait_for`) exists, and return the step checkpoint.pt holds."""
     import signal
     import time
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
     proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     deadline = time.time() + timeout
-    while not (Path(out) / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+    while not (Path(out) / wait_for).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
