@@ -256,3 +256,13 @@ def test_readme_numbers_reruns_and_compares(tmp_path, tiny_model, glue_dir):
     assert "[ok]" in (out / "readme_numbers.txt").read_text()
     refused = check("accuracy 50.0", cmd=command.replace(" --output-dir out/tiny-rte", ""))
     assert refused.returncode == 2 and "no --output-dir" in refused.stderr
+
+
+def test_precision_speed_times_each_precision(tmp_path, tiny_model):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "precision_speed.py"), "--model", tiny_model,
+                           "--batch-size", "2", "--seq-len", "8", "--rounds", "2"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| fp32") or ln.startswith("| bf16")]
+    assert len(rows) == 3 and rows[0].endswith("| 1.00 |")
+    assert all(float(r.split("|")[2]) > 0 for r in rows)
