@@ -176,7 +176,7 @@ def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, g
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and ": ok in" not in again.stdout and "| LoRA QV r=8 | " in again.stdout
     cal = tmp_path / "cal"
-    proc = subprocess.run(base + ["--calibrate", "--lrs", "1e-3", "1e-2", "--out", str(cal / "runs"),
+    proc = subprocess.run(base + ["--calibrate", "--lrs", "1e-3", "1e-2", "--max-len", "24", "--out", str(cal / "runs"),
                                   "--records", str(cal)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count(": ok in") == 2 and (cal / "calibration.png").stat().st_size > 0
