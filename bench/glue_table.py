@@ -256,7 +256,7 @@ def run(*job):
         return "done"
     out = run_dir(*job)
     cmd = train_cmd(*job)
-    cmd += ["--resume"] if os.path.exists(os.path.join(out, "checkpoint.pt")) else []
+    cmd += ["--resume"]  # a killed run continues from its checkpoint; one killed before its first starts over
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.jobs)))

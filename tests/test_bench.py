@@ -122,7 +122,13 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # finished runs are not run again
     assert again.returncode == 0 and ": ok in" not in again.stdout and again.stdout.split("Best eval")[0].strip() == \
         main.strip()
-    # a second seed runs only the new runs; the cell becomes mean ± std over both
+    # a second seed runs only the new runs; the cell becomes mean ± std over both. Its dir holds a run killed
+    # before its first checkpoint (args.json and a log, no checkpoint.pt): it starts over rather than failing
+    killed = out / "lora" / "rte" / "s1"
+    killed.mkdir(parents=True)
+    saved = json.loads((out / "lora" / "rte" / "s0" / "args.json").read_text())
+    (killed / "args.json").write_text(json.dumps({**saved, "seed": 1, "output_dir": str(killed)}))
+    (killed / "metrics.jsonl").write_text('{"step": 1, "loss": 0.7}\n')
     more = subprocess.run(cmd[:cmd.index("--methods")] + ["--methods", "lora", "--tasks", "rte", "--seeds", "0", "1"]
                           + cmd[cmd.index("--max-steps"):], capture_output=True, text=True, timeout=300)
     assert more.returncode == 0 and more.stdout.count(": ok in") == 1 and "lora        rte   seed 1: ok" in more.stdout
