@@ -205,7 +205,7 @@ def train_cmd(method, task, seed, lr):
         flags = set_flag(flags, "--lr", lr)
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--task", task, "--model", args.model,
            "--data-dir", args.data_dir, "--seed", str(seed), "--epochs", str(epochs), "--batch-size", str(batch),
-           "--max-len", str(max_len), "--output-dir", run_dir(method, task, seed, lr), "--save-every", "200",
+           "--max-len", str(max_len), "--output-dir", run_dir(method, task, seed, lr), "--save-every", "50",
            "--eval-every", "0", "--no-progress", *flags, *extra]  # eval once per epoch: best-epoch and curves
     cmd += ["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []
     cmd += ["--max-steps", str(args.max_steps)] if args.max_steps else []
@@ -251,8 +251,24 @@ def other_settings(*run):
     return "; ".join(diffs)
 
 
+def keep_records(job):
+    """Copy a finished run's small records from its run folder to --records: what is committed, never weights."""
+    out, keep = run_dir(*job), os.path.join(args.records, run_name(*job))
+    os.makedirs(keep, exist_ok=True)
+    for name in RECORDS[1:]:
+        shutil.copyfile(os.path.join(out, name), os.path.join(keep, name))
+    with open(os.path.join(out, "args.json")) as f:
+        saved = json.load(f)
+    with open(os.path.join(keep, "args.json"), "w") as f:  # paths relative to the repository: no machine's paths
+        json.dump(portable(saved), f, indent=2)
+
+
 def run(*job):
-    if finished(*job):
+    done = finished(*job)
+    if done and args.records and os.path.abspath(done) == os.path.abspath(run_dir(*job)) and \
+            not os.path.exists(os.path.join(args.records, run_name(*job), "results.json")):
+        keep_records(job)  # it finished after its harness was stopped: its records are still committed
+    if done:
         return "done"
     out = run_dir(*job)
     cmd = train_cmd(*job)
@@ -265,14 +281,7 @@ def run(*job):
     with open(os.path.join(out, "stdout.log"), "a") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code == 0 and args.records:  # the small records, committed so that nothing finished is ever lost
-        keep = os.path.join(args.records, run_name(*job))
-        os.makedirs(keep, exist_ok=True)
-        for name in RECORDS[1:]:
-            shutil.copyfile(os.path.join(out, name), os.path.join(keep, name))
-        with open(os.path.join(out, "args.json")) as f:
-            saved = json.load(f)
-        with open(os.path.join(keep, "args.json"), "w") as f:  # paths relative to the repository: no machine's paths
-            json.dump(portable(saved), f, indent=2)
+        keep_records(job)
     label = f"{job[0]:11s} {job[1]:5s} seed {job[2]}" + ("" if job[3] is None else f" lr {job[3]:g}")
     print(f"{label}: {'ok' if code == 0 else f'FAILED ({code}), see {out}/stdout.log'} in {time.time() - t0:.0f}s",
           flush=True)

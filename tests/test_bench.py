@@ -178,6 +178,13 @@ def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, g
     report = (study / "glue_table.md").read_text()
     assert "DynaLoRA QV/2/3 (R) − LoRA QV r=8 | RTE | 2 |" in report and (study / "glue_table_forest.png").exists()
     import shutil
+    # a run that finished after its harness was stopped has no records yet: the next call copies them, runs nothing
+    shutil.rmtree(study / "lora" / "rte" / "s1")
+    copied = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert copied.returncode == 0 and ": ok in" not in copied.stdout
+    assert json.loads((study / "lora" / "rte" / "s1" / "results.json").read_text()) == \
+        json.loads((study / "runs" / "lora" / "rte" / "s1" / "results.json").read_text())
+    assert not os.path.isabs(json.loads((study / "lora" / "rte" / "s1" / "args.json").read_text())["output_dir"])
     shutil.rmtree(study / "runs")  # the committed records alone are enough: nothing runs again
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and ": ok in" not in again.stdout and "| LoRA QV r=8 | " in again.stdout
