@@ -227,6 +227,18 @@ def same(saved, given):
     return str(saved) == given
 
 
+def same_model(saved):
+    """A run's --model as it was given (a hub name, `minilm-l6`, or the path it resolved to) names this model."""
+    if saved == args.model:
+        return True
+    here = os.path.realpath(model_dir)
+    path = saved if os.path.isabs(saved) else os.path.join(ROOT, saved)
+    if os.path.exists(path):
+        return os.path.realpath(path) == here
+    # a package's model recorded on another machine: the same path inside site-packages
+    return "site-packages" in saved and here.endswith(os.path.join(*saved.split("site-packages")[-1].split("/")))
+
+
 def other_settings(*run):
     """The flags in which a finished or started run's args.json differs from this call's ('' when none)."""
     folder = finished(*run) or run_dir(*run)
@@ -240,7 +252,10 @@ def other_settings(*run):
         key = flag[2:].replace("-", "_")
         if not flag.startswith("--") or key in ("output_dir", "save_every", "no_progress"):
             continue
-        if value.startswith("--"):  # a switch such as --group-by-length
+        if key == "model":
+            if not same_model(saved.get("model", "")):
+                diffs.append(f"--model {saved.get('model')} there, {value} here")
+        elif value.startswith("--"):  # a switch such as --group-by-length
             if saved.get(key) is not True:
                 diffs.append(f"{flag} {saved.get(key)} there, set here")
         elif not same(saved.get(key), value):

@@ -135,6 +135,11 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
     row = next(line for line in more.stdout.splitlines() if line.startswith("| LoRA QV r=8 |"))
     cells = [c.strip() for c in row.split("|")[2:-1]]
     assert cells[1] == "2" and " ± " in cells[2] and cells[3].split(" ± ")[0] == cells[2].split(" ± ")[0]  # avg over seeds
+    # a record names its model as it was given or by the path it resolved to (relative to the repository): the same
+    rec = out / "lora" / "rte" / "s0" / "args.json"
+    rec.write_text(json.dumps({**json.loads(rec.read_text()), "model": os.path.relpath(tiny_model, ROOT)}))
+    same = subprocess.run(cmd + ["--table-only"], capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stderr
     # finished runs of another budget are never reused or tabulated: one line naming the difference, exit 2
     before = table.read_text()
     other = subprocess.run(cmd[:cmd.index("--max-steps")] + ["--max-steps", "3"] + cmd[cmd.index("--max-len"):]
