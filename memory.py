@@ -46,7 +46,10 @@ class SavedForBackward:
         s = t.untyped_storage()
         if s._cdata not in self.exclude:
             self.storages.setdefault(s._cdata, s)
-        return t
+        # the same storage without the autograd history: the tensor itself would make a cycle (node -> saved
+        # output -> its grad_fn -> node) that only a backward breaks, so a forward with no backward (the cost
+        # model) would keep every graph it built alive
+        return t.detach()
 
     def bytes(self):
         n = sum(s.nbytes() for s in self.storages.values())

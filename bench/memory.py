@@ -100,8 +100,19 @@ t_start = time.time()
 load_start = os.getloadavg()[0]
 
 
+def rss_mib():
+    """This process's resident memory now (Linux /proc; None elsewhere): the benchmark's own footprint."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+        return None
+
+
 def progress(msg):
-    print(f"[{time.time() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+    rss = rss_mib()
+    print(f"[{time.time() - t_start:6.1f}s{'' if rss is None else f', RSS {rss:,.0f} MiB'}] {msg}", file=sys.stderr,
+          flush=True)
 
 
 # ----------------------------------------------------------------------------- models and the batch
