@@ -15,6 +15,9 @@ OUT/glue_table.md; the committed bench/results/glue_table.md is rewritten only w
       --records bench/results/calibration                         # LoRA over a learning-rate grid, curves (PNG)
   python bench/glue_table.py --budget bench/results/study/budget.json --seeds 0 1 2 3 4 \\
       --methods lora dynalora-f dynalora-b dynalora-r             # the study: per-task budget, paired analysis
+  python bench/glue_table.py --calibrate --calibrate-method vera --lrs 4e-3 1e-2 2e-2 \\
+      --budget bench/results/calibration/budget.json --choose-into bench/results/study/budget.json
+                                                                  # another method's grid; its rates into the study
 
 --budget FILE (JSON) sets per task the epochs, batch size and learning rates, and for all runs the max
 length and any extra train.py flags:
@@ -94,6 +97,10 @@ p.add_argument("--budget", default=None, help="JSON file with the per-task budge
 p.add_argument("--calibrate", action="store_true", help="LoRA over the --lrs grid, seed 0 unless --seeds, with curves")
 p.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 2e-3, 4e-3], help="learning-rate grid of --calibrate")
 p.add_argument("--calibrate-method", default="lora", choices=list(METHODS), help="the method --calibrate sweeps")
+p.add_argument("--choose-into", default=None, metavar="BUDGET",
+               help="with --calibrate: write each task's chosen rate into this budget file's \"lr\" for the swept "
+                    "--method (the best final dev metric; a tie within 0.5 points goes to the lower rate); a task "
+                    "whose grid has not finished is left out, and a different rate already there is refused")
 p.add_argument("--layers", type=int, default=None, help="number of encoder layers (default: read from the model config)")
 p.add_argument("--max-train-samples", type=int, default=None, help="train on a subset (smoke tests only)")
 p.add_argument("--max-steps", type=int, default=None, help="cap steps per run (smoke tests only)")
@@ -128,14 +135,27 @@ if args.budget:
     here = os.path.dirname(os.path.abspath(args.budget))
     args.out = args.out or os.path.join(here, "runs")
     args.records = args.records or here
+if args.choose_into and not args.calibrate:
+    fail("--choose-into writes the rates that --calibrate chooses; give --calibrate too")
+if args.choose_into:  # checked before anything runs, so that the grid's choice has somewhere to go
+    try:
+        with open(args.choose_into) as f:
+            into = json.load(f).get("tasks", {})
+    except (OSError, ValueError, AttributeError) as e:
+        fail(f"cannot read --choose-into {args.choose_into}: {e}")
+    if any(t not in into for t in args.tasks):
+        fail(f"--choose-into {args.choose_into} has no entry for task(s) {', '.join(t for t in args.tasks if t not in into)}")
 if args.calibrate:
     args.methods = [args.calibrate_method]
 args.methods = args.methods or list(METHODS)
 args.out = args.out or os.path.join(ROOT, "runs", "glue_table")
 if args.write_committed_table and args.table:
     fail("--table and --write-committed-table name two places for one report; give one")
+report = "glue_table.md"  # a non-LoRA calibration writes its own report beside LoRA's
+if args.calibrate and args.calibrate_method != "lora":
+    report = f"glue_table_{args.calibrate_method}.md"
 args.table = (os.path.join(ROOT, COMMITTED) if args.write_committed_table else
-              args.table or os.path.join(args.records or args.out, "glue_table.md"))
+              args.table or os.path.join(args.records or args.out, report))
 sys.path.insert(0, ROOT)
 import hub  # noqa: E402
 
@@ -188,11 +208,17 @@ def param_budget(token):
     return 2 * 8 * AutoConfig.from_pretrained(model_dir).hidden_size * (active if token == "BUDGET_2_3" else 2 * args.layers)
 
 
+def kind_of(method):
+    """The train.py --method a row trains (lora for every LoRA-family row): the key of its rates in a budget."""
+    flags = METHODS[method][1]
+    return flags[flags.index("--method") + 1]
+
+
 def train_cmd(method, task, seed, lr):
     """The train.py command of one run; its flags are also what a finished run in that folder must match."""
     flags = [str(param_budget(a)) if a.startswith("BUDGET_") else a.replace("ACTIVE", str(active)).replace("DEPTH", str(depth))
              for a in METHODS[method][1]]
-    kind = flags[flags.index("--method") + 1]
+    kind = kind_of(method)
     epochs, batch, max_len, extra = args.epochs, args.batch_size, args.max_len, []
     if budget is not None:
         spec = budget["tasks"][task]
@@ -436,7 +462,8 @@ def calibration_report():
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    png = os.path.join(os.path.dirname(os.path.abspath(args.table)), "calibration.png")
+    suffix = "" if method == "lora" else f"_{method}"  # each method's grid its own figure beside LoRA's
+    png = os.path.join(os.path.dirname(os.path.abspath(args.table)), f"calibration{suffix}.png")
     fig.savefig(png, dpi=130)
     plt.close(fig)
     return "\n".join(lines), png
@@ -446,6 +473,53 @@ def glue_metric(task):
     return {"cola": "MCC", "stsb": "Pearson"}.get(task, "accuracy")
 
 
+def choose_rates():
+    """{task: (chosen lr, {lr: final})} for the tasks whose whole grid finished (seed means), by the rule of --choose-into."""
+    chosen = {}
+    for task in args.tasks:
+        finals = {lr: [got[0]["final"] for s in args.seeds if (got := load(args.methods[0], task, s, lr))] for lr in args.lrs}
+        if any(len(v) < len(args.seeds) for v in finals.values()):
+            continue
+        means = {lr: statistics.mean(v) for lr, v in finals.items()}
+        top = max(means.values())
+        chosen[task] = (min(lr for lr, m in means.items() if m >= top - 0.5), means)
+    return chosen
+
+
+def write_choice(chosen):
+    """Record the chosen rates in the --choose-into budget; returns the report's lines."""
+    kind = kind_of(args.methods[0])
+    try:
+        with open(args.choose_into) as f:
+            target = json.load(f)
+    except (OSError, ValueError) as e:
+        fail(f"cannot read --choose-into {args.choose_into}: {e}")
+    lines = []
+    for task, (lr, means) in chosen.items():
+        if task not in target.get("tasks", {}):
+            fail(f"--choose-into {args.choose_into} has no entry for task {task}")
+        rates = target["tasks"][task].setdefault("lr", {})
+        if kind in rates and rates[kind] != lr:
+            fail(f"--choose-into {args.choose_into} already sets {kind}'s rate on {task} to {rates[kind]:g}, this "
+                 f"grid chooses {lr:g}; runs may build on it, so change it by hand if you mean to")
+        rates[kind] = lr
+        target.setdefault("calibration", {}).setdefault(kind, {})[task] = {f"{k:g}": round(v, 2) for k, v in means.items()}
+        lines.append(f"{TASK_DIRS.get(task, task)}: {kind} lr {lr:g} (final " +
+                     ", ".join(f"{k:g}: {v:.1f}" for k, v in means.items()) + ")")
+    with open(args.choose_into + ".tmp", "w") as f:
+        json.dump(target, f, indent=2)
+        f.write("\n")
+    os.replace(args.choose_into + ".tmp", args.choose_into)
+    return lines
+
+
+# every row needs its learning rate from the budget: the default of METHODS would be a silent other budget
+if budget is not None and not args.calibrate:
+    lacking = [(kind_of(m), t) for m in args.methods for t in args.tasks
+               if kind_of(m) not in budget["tasks"][t].get("lr", {})]
+    if lacking:
+        fail(f"--budget {args.budget} has no learning rate for {lacking[0][0]} on {lacking[0][1]}; choose one with "
+             f"--calibrate --calibrate-method {lacking[0][0]} --choose-into {args.budget}, or write it in \"lr\"")
 # a finished run is reused only if it had these settings: another budget wants another --out
 stale = [(run_dir(*r), d) for r in RUNS if (d := other_settings(*r))]
 if stale:
@@ -468,6 +542,10 @@ if args.calibrate:
     cal, png = calibration_report()
     text = (f"Calibration of {METHODS[args.methods[0]][0]}. Model: {model_name}; {how}; learning rates {args.lrs}; "
             f"seeds {args.seeds}; dev metric after each eval. Curves: {os.path.basename(png)}.\n\n{cal}\n")
+    if args.choose_into:
+        picks = write_choice(choose_rates())
+        text += (f"\nChosen into {os.path.relpath(args.choose_into, ROOT)} (best final; a tie within 0.5 goes to the "
+                 f"lower rate): " + ("; ".join(picks) if picks else "nothing yet, no task's grid has finished") + "\n")
 else:
     main, best, per_run, scores = table()
     diff, forest = contrasts(scores)

@@ -199,6 +199,28 @@ def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, g
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count(": ok in") == 2 and (cal / "calibration.png").stat().st_size > 0
     assert "| RTE | 0.001 | 0 |" in proc.stdout and "| RTE | 0.01 | 0 |" in proc.stdout
+    # the grid's choice goes into a budget by the stated rule, and a rate already there is never changed silently
+    into = tmp_path / "into.json"
+    into.write_text(json.dumps({"tasks": {"rte": {"epochs": 1}}}))
+    choose = base + ["--calibrate", "--lrs", "1e-3", "1e-2", "--max-len", "24", "--out", str(cal / "runs"),
+                     "--records", str(cal), "--choose-into", str(into)]
+    proc = subprocess.run(choose, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and ": ok in" not in proc.stdout, proc.stderr[-2000:]
+    finals = {lr: json.loads((cal / "lora" / "rte" / f"lr{lr}-s0" / "results.json").read_text())["final"]
+              for lr in ("0.001", "0.01")}
+    expected = 1e-3 if finals["0.001"] >= max(finals.values()) - 0.5 else 1e-2
+    written = json.loads(into.read_text())
+    assert written["tasks"]["rte"]["lr"] == {"lora": expected} and set(written["calibration"]["lora"]["rte"]) == set(finals)
+    written["tasks"]["rte"]["lr"]["lora"] = 5e-3
+    into.write_text(json.dumps(written))
+    refused = subprocess.run(choose, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 2 and "already sets lora's rate on rte to 0.005" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and json.loads(into.read_text()) == written
+    # a budget without a row's rate is refused before anything runs (METHODS' default would be another budget)
+    lacking = subprocess.run(base + ["--budget", str(study / "budget.json"), "--methods", "vera", "--seeds", "0"],
+                             capture_output=True, text=True, timeout=300)
+    assert lacking.returncode == 2 and "has no learning rate for vera on rte" in lacking.stderr
+    assert not (study / "runs" / "vera").exists()
 
 
 TINY_CONFIGS = {

@@ -1,13 +1,31 @@
 #!/bin/bash
 # The study, in the order that makes partial results useful (each step resumes; finished runs are skipped):
-# the core rows and the depth-aware row on the three tasks LoRA learns, seeds 0-2; then seeds 3-4 of the
-# core rows; then RTE, which no calibrated rate learns (kept out of the average, run last).
+# 1. the core rows and the depth-aware row on the three tasks LoRA learns, seeds 0-2;
+# 2. HeteroLoRA's rows where it makes its claim (MRPC, STS-B), seeds 0-2, paired with LoRA's;
+# 3. seeds 3-4 of the core rows;
+# 4. RTE, which no calibrated rate learns (kept out of the average): core rows seeds 0-4, depth-aware 0-2;
+# 5. the learning-rate grids of VeRA, BitFit and FT (seed 0), each task's rate chosen into budget.json by
+#    the LoRA calibration's rule (best final dev metric, a tie within 0.5 points to the lower rate);
+# 6. the remaining rows at three seeds on all four tasks.
 set -e
 cd "$(dirname "$0")/../../.."
 B=bench/results/study/budget.json
-python bench/glue_table.py --budget $B --tasks cola mrpc stsb --seeds 0 1 2 --jobs 2 \
+C=bench/results/calibration/budget.json
+T="cola mrpc stsb"
+python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 --jobs 2 \
     --methods lora dynalora-f dynalora-r dynalora-b dynalora-depth
-python bench/glue_table.py --budget $B --tasks cola mrpc stsb --seeds 0 1 2 3 4 --jobs 2 \
+python bench/glue_table.py --budget $B --tasks mrpc stsb --seeds 0 1 2 --jobs 2 \
+    --methods lora heterolora-snip heterolora-gn heterolora-dyn heterolora-sc
+python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 3 4 --jobs 2 \
     --methods lora dynalora-f dynalora-r dynalora-b
 python bench/glue_table.py --budget $B --tasks rte --seeds 0 1 2 3 4 --jobs 2 \
     --methods lora dynalora-f dynalora-r dynalora-b
+python bench/glue_table.py --budget $B --tasks rte --seeds 0 1 2 --jobs 2 --methods dynalora-depth
+python bench/glue_table.py --calibrate --calibrate-method vera --lrs 4e-3 1e-2 2e-2 --budget $C --jobs 2 --choose-into $B
+python bench/glue_table.py --calibrate --calibrate-method bitfit --lrs 1e-3 2e-3 4e-3 --budget $C --jobs 2 --choose-into $B
+python bench/glue_table.py --calibrate --calibrate-method full --lrs 2e-5 5e-5 1e-4 --budget $C --jobs 2 --choose-into $B
+python bench/glue_table.py --budget $B --seeds 0 1 2 --jobs 2 --methods vera dynavera-f bitfit full dynalora-pg
+# the whole table, every row and seed that finished
+python bench/glue_table.py --budget $B --seeds 0 1 2 3 4 --table-only \
+    --methods lora dynalora-f dynalora-b dynalora-pg dynalora-r dynalora-depth vera dynavera-f bitfit full \
+              heterolora-snip heterolora-gn heterolora-dyn heterolora-sc
