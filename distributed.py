@@ -50,6 +50,7 @@ def world_size():
 
 def cleanup():
     if dist.is_initialized():
+        dist.barrier()  # every rank is done with every collective before any tears its connections down
         dist.destroy_process_group()
 
 

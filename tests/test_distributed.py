@@ -67,7 +67,8 @@ def torchrun_cmd(*flags):
 
 def torchrun(*flags):
     proc = subprocess.run(torchrun_cmd(*flags), capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    said = "\n".join(line for line in proc.stderr.splitlines() if line.startswith("error:"))  # a rank's one line
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{said}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 

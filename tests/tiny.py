@@ -171,6 +171,25 @@ def run_train(*flags, timeout=300, check=True):
     return result
 
 
+def descendants(pid):
+    """The pids of every process below `pid` (children, their children, ...), read from /proc."""
+    parent = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+    found, todo = [], [pid]
+    while todo:
+        below = todo.pop()
+        kids = [p for p, pp in parent.items() if pp == below]
+        found += kids
+        todo += kids
+    return found
+
+
 def kill_after_first_checkpoint(cmd, out, env=None, timeout=200, wait_for="checkpoint.pt"):
     """Start `cmd` (a run writing to `out`) in its own process group, so that SIGKILL reaches any workers it starts,
     kill it as soon as out/checkpoint.pt (or out/`wait_for`) exists, and return the step checkpoint.pt holds."""
@@ -182,7 +201,15 @@ def kill_after_first_checkpoint(cmd, out, env=None, timeout=200, wait_for="check
     deadline = time.time() + timeout
     while not (Path(out) / wait_for).exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
+    # torchrun starts each worker in its own session, out of the group's reach: kill every descendant, or the
+    # workers of a "killed" run would go on writing (and holding the run's lock) beside its --resume
+    family = descendants(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     return torch.load(Path(out) / "checkpoint.pt", weights_only=True)["step"]
