@@ -244,6 +244,20 @@ def peak_memory(device, before=None):
     return round(mb, 1), kind
 
 
+def machine():
+    """Where a run ran: float results can differ from one CPU (and its kernels) or library version to another."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import transformers
+    return {"cpu": cpu, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
 def git_commit():
     """HEAD of the code's repository, '-dirty' when tracked files changed; None outside git."""
     try:

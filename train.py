@@ -470,7 +470,7 @@ results = {"task": task, "method": args.method, "dynamic": dynamic, "headline_me
            "peak_memory_mb": peak, "peak_memory_kind": peak_kind,
            "wall_time_s": round(wall, 1), "threads": torch.get_num_threads(), "commit": commit, "max_depth": max_depth,
            "predicted_bytes": costs[max_depth]["total"] if costs else None, "precision": args.precision,
-           "updates": updates, "world_size": world_size, "examples_per_step": global_batch}
+           "updates": updates, "world_size": world_size, "examples_per_step": global_batch, "machine": rundir.machine()}
 try:  # a full disk or a read-only dir: one line, and no .tmp left behind
     with_shortcuts = any(isinstance(a, shortcuts.Shortcut) for a in adapters.values())
     if adapters and not with_shortcuts:  # PEFT's format: peft.PeftModel.from_pretrained(base, OUTPUT_DIR/adapter)

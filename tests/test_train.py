@@ -55,6 +55,7 @@ def test_each_method_writes_every_output(tmp_path, tiny_model, glue_dir, method)
     assert res["final"] == evals[-1]["accuracy"] and res["best"] == max(m["accuracy"] for m in evals)
     assert 0 < res["active_trainable_params"] <= res["trainable_params"] <= res["total_params"]
     assert res["peak_memory_mb"] > 0 and res["wall_time_s"] >= 0
+    assert res["machine"]["cpu"] and res["machine"]["torch"] == torch.__version__
     assert (out / "loss.png").stat().st_size > 0 and (out / "checkpoint.pt").exists()
     assert load_merged_and_eval(out, glue_dir)["accuracy"] == pytest.approx(res["final"])
     if method == "lora":
