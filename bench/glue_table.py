@@ -410,6 +410,30 @@ def table():
     return "\n".join(lines), "\n".join(best_lines), "\n".join(per_run), scores
 
 
+def constant_metric(task):
+    """The headline dev metric of the constant prediction (the majority class; STS-B: any constant): the plateau."""
+    import glue
+    dev = glue.load_split(task, "dev", args.data_dir)["label"]
+    if glue.get_task(task)["num_labels"] == 1:
+        guess = [statistics.mean(dev)] * len(dev)
+    else:
+        guess = [statistics.mode(dev)] * len(dev)
+    return glue.compute_metrics(task, guess, dev)[glue.get_task(task)["metric"]]
+
+
+def plateau(scores):
+    """Per row and task, how many seeds end above the constant prediction (the study must leave it with LoRA)."""
+    names = [TASK_DIRS.get(t, t) for t in args.tasks]
+    consts = {t: constant_metric(t) for t in args.tasks}
+    lines = [f"| Method | {' | '.join(names)} |", "|" + "---|" * (len(names) + 1),
+             "| constant prediction | " + " | ".join(f"{consts[t]:.1f}" for t in args.tasks) + " |"]
+    for method, final in scores.items():
+        cells = [f"{sum(v > consts[t] for v in final[t].values())}/{len(final[t])}" if final.get(t) else "–"
+                 for t in args.tasks]
+        lines.append(f"| {METHODS[method][0]} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def contrasts(scores):
     """Rows of paired differences (x - y) per task and on the averages, and the forest-plot rows."""
     no_rte = [t for t in args.tasks if t != "rte"]
@@ -556,6 +580,8 @@ else:
             f"Wall time depends on the threads a run had.\n\n{main}\n\n"
             f"Best eval of each run, median over seeds (the LoRA paper's convention; optimistic: it picks the best "
             f"of several evals on the dev set it reports):\n\n{best}\n")
+    text += (f"\nSeeds whose final dev metric is above the constant prediction's (the majority class; STS-B: "
+             f"a constant, Pearson 0):\n\n{plateau(scores)}\n")
     if forest:
         png = os.path.splitext(args.table)[0] + "_forest.png"
         forest_plot(forest, png, f"paired differences over seeds ({model_name})", reference=-1.0)

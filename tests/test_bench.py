@@ -182,6 +182,10 @@ def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, g
     assert args["lr"] == 1e-2 and args["group_by_length"] and args["batch_size"] == 8
     report = (study / "glue_table.md").read_text()
     assert "DynaLoRA QV/2/3 (R) − LoRA QV r=8 | RTE | 2 |" in report and (study / "glue_table_forest.png").exists()
+    import glue
+    labels = glue.load_split("rte", "dev", glue_dir)["label"]
+    majority = 100 * max(labels.count(c) for c in set(labels)) / len(labels)
+    assert f"| constant prediction | {majority:.1f} |" in report and "| LoRA QV r=8 | " in report.split("constant")[-1]
     import shutil
     # a run that finished after its harness was stopped has no records yet: the next call copies them, runs nothing
     shutil.rmtree(study / "lora" / "rte" / "s1")
