@@ -8,7 +8,7 @@
 #    the LoRA calibration's rule (best final dev metric, a tie within 0.5 points to the lower rate);
 # 6. the remaining rows at three seeds on all four tasks.
 # no `set -e`: a step with a failed run (its stdout.log says why) does not hold up the steps after it
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/../../.." || exit 1
 B=bench/results/study/budget.json
 C=bench/results/calibration/budget.json
 T="cola mrpc stsb"
