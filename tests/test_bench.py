@@ -178,6 +178,7 @@ def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, g
     assert proc.stdout.count(": ok in") == 4
     records = sorted(str(p.relative_to(study)) for p in study.rglob("*.json*") if "runs" not in p.parts)
     assert "lora/rte/s1/results.json" in records and "dynalora-r/rte/s0/metrics.jsonl" in records
+    assert (study / "dynalora-r" / "rte" / "s0" / "selection.csv").exists()  # figures.py redraws from records
     args = json.loads((study / "lora" / "rte" / "s0" / "args.json").read_text())
     assert args["lr"] == 1e-2 and args["group_by_length"] and args["batch_size"] == 8
     report = (study / "glue_table.md").read_text()
