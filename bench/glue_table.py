@@ -64,6 +64,11 @@ METHODS = {
                                            "--schedule", "periodic", "--period", "50"]),
     "dynalora-depth": ("DynaLoRA QV/2/3/F, top 2/3 layers", [*LORA, "--active", "ACTIVE", "--max-depth", "DEPTH",
                                                              "--importance", "forward", *DYNA]),
+    # issue 11's trade-off curve (STS-B): the floor at 3/4, 1/2 and 1/4 of the layers (rounded up); ACTIVE_Dxx is
+    # ACTIVE, or every module of those layers when they hold fewer (then the whole eligible set trains: no choice)
+    **{f"dynalora-d{q}": (f"DynaLoRA QV/F, top {q}% of layers", [*LORA, "--active", f"ACTIVE_D{q}", "--max-depth",
+                                                                 f"DEPTH_D{q}", "--importance", "forward", *DYNA])
+       for q in (75, 50, 25)},
     "dynavera-f": ("DynaVeRA QV/2/3/F", [*VERA, "--active", "ACTIVE", "--importance", "forward", *DYNA]),
     # HeteroLoRA (Zhang et al. 2024): top-k on a zero-cost proxy under a parameter budget: BUDGET_2_3 is two thirds
     # of LoRA QV r=8's adapter parameters (ACTIVE modules), BUDGET_FULL all of them; dynamic: every 1/5 epoch
@@ -172,6 +177,10 @@ if args.layers is None:
     args.layers = AutoConfig.from_pretrained(model_dir).num_hidden_layers
 active = round(2 * 2 * args.layers / 3)  # two thirds of the query+value modules: 16 of 24 on RoBERTa-base
 depth = math.ceil(active / 2)  # depth-aware: the fewest top layers that hold them (2 per layer): 8 of 12
+TOKENS = {"ACTIVE": active, "DEPTH": depth}  # placeholders in METHODS' flags
+for q in (75, 50, 25):  # the trade-off rows: D = ceil(q% of the layers), at most ACTIVE of its 2·D modules
+    TOKENS[f"DEPTH_D{q}"] = math.ceil(q * args.layers / 100)
+    TOKENS[f"ACTIVE_D{q}"] = min(active, 2 * TOKENS[f"DEPTH_D{q}"])
 TASK_DIRS = {"cola": "CoLA", "mrpc": "MRPC", "rte": "RTE", "stsb": "STS-B", "sst2": "SST-2", "qnli": "QNLI"}
 # every run: (method, task, seed, lr or None); lr is the calibration grid's, None for the budget's own
 RUNS = [(m, t, s, lr) for s in args.seeds for m in args.methods for t in args.tasks
@@ -217,8 +226,7 @@ def kind_of(method):
 
 def train_cmd(method, task, seed, lr):
     """The train.py command of one run; its flags are also what a finished run in that folder must match."""
-    flags = [str(param_budget(a)) if a.startswith("BUDGET_") else a.replace("ACTIVE", str(active)).replace("DEPTH", str(depth))
-             for a in METHODS[method][1]]
+    flags = [str(param_budget(a)) if a.startswith("BUDGET_") else str(TOKENS.get(a, a)) for a in METHODS[method][1]]
     kind = kind_of(method)
     epochs, batch, max_len, extra = args.epochs, args.batch_size, args.max_len, []
     if budget is not None:

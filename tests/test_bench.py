@@ -329,3 +329,36 @@ def test_glue_table_heterolora_rows_with_a_short_model_name(tmp_path, tiny_model
     hidden = json.loads((Path(tiny_model) / "config.json").read_text())["hidden_size"]
     layers = json.loads((Path(tiny_model) / "config.json").read_text())["num_hidden_layers"]
     assert saved["model"] == "minilm-l6" and saved["param_budget"] == 2 * 8 * hidden * round(4 * layers / 3)
+
+
+def test_glue_table_tradeoff_rows_and_curve(tmp_path, glue_dir):
+    """The trade-off rows put the floor at ceil(q% of the layers) with at most ACTIVE of its modules active, and
+    bench/tradeoff.py sets them beside LoRA at the cost model's memory fraction."""
+    import random
+    from tiny import build_tiny_model, sentence
+    rng = random.Random(0)
+    model = build_tiny_model(tmp_path / "m4", [sentence(rng) for _ in range(200)], num_labels=1, layers=4)
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "budget.json").write_text(json.dumps({"max_len": 24, "tasks": {
+        "stsb": {"epochs": 1, "batch_size": 8, "lr": {"lora": 1e-2}}}}))
+    cmd = [sys.executable, str(ROOT / "bench" / "glue_table.py"), "--model", model, "--data-dir", glue_dir,
+           "--tasks", "stsb", "--max-steps", "1", "--budget", str(study / "budget.json"),
+           "--methods", "lora", "dynalora-d50", "dynalora-d25"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # 4 layers: ACTIVE = round(16 / 3) = 5; D50 = 2 layers (4 modules: all of them), D25 = 1 layer (2 modules)
+    for method, depth, active in (("dynalora-d50", 2, 4), ("dynalora-d25", 1, 2)):
+        saved = json.loads((study / method / "stsb" / "s0" / "args.json").read_text())
+        assert (saved["max_depth"], saved["active"]) == (depth, active)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tradeoff.py"), "--records", str(study)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(study / "dynalora-d50" / "stsb" / "s0" / "metrics.jsonl") as f:
+        costs = json.loads(f.readline())["cost_model"]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in (study / "tradeoff_stsb.md").read_text().splitlines()
+            if line.startswith("| ") and "---" not in line and not line.startswith("| row")}
+    assert set(rows) == {"lora", "dynalora-d50", "dynalora-d25"} and (study / "tradeoff_stsb.png").exists()
+    assert rows["lora"][1:4] == ["4 of 4", "all", "1.000"]
+    assert rows["dynalora-d50"][1:4] == ["2 of 4", "4", f"{costs[2]['total'] / costs[4]['total']:.3f}"]
+    assert rows["dynalora-d25"][1] == "1 of 4" and float(rows["dynalora-d25"][3]) < float(rows["dynalora-d50"][3]) < 1
