@@ -1,6 +1,8 @@
 #!/bin/bash
 # The study, in the order that makes partial results useful (each step resumes; finished runs are skipped):
 # 1. the core rows and the depth-aware row on the three tasks LoRA learns, seeds 0-2;
+# 1b. issue 11's trade-off curve on STS-B: the depth-aware floor at 3/4, 1/2 and 1/4 of the layers, seeds 0-2
+#    (bench/tradeoff.py sets them beside LoRA, DynaLoRA-F and the 2/3 row);
 # 2. HeteroLoRA's rows where it makes its claim (MRPC, STS-B), seeds 0-2, paired with LoRA's;
 # 3. seeds 3-4 of the core rows;
 # 4. RTE, which no calibrated rate learns (kept out of the average): core rows seeds 0-4, depth-aware 0-2;
@@ -14,6 +16,9 @@ C=bench/results/calibration/budget.json
 T="cola mrpc stsb"
 python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 --jobs 2 \
     --methods lora dynalora-f dynalora-r dynalora-b dynalora-depth
+python bench/glue_table.py --budget $B --tasks stsb --seeds 0 1 2 --jobs 2 \
+    --methods dynalora-d75 dynalora-d50 dynalora-d25
+python bench/tradeoff.py --task stsb
 python bench/glue_table.py --budget $B --tasks mrpc stsb --seeds 0 1 2 --jobs 2 \
     --methods lora heterolora-snip heterolora-gn heterolora-dyn heterolora-sc
 python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 3 4 --jobs 2 \
@@ -27,5 +32,5 @@ python bench/glue_table.py --calibrate --calibrate-method full --lrs 2e-5 5e-5 1
 python bench/glue_table.py --budget $B --seeds 0 1 2 --jobs 2 --methods vera dynavera-f bitfit full dynalora-pg
 # the whole table, every row and seed that finished
 python bench/glue_table.py --budget $B --seeds 0 1 2 3 4 --table-only \
-    --methods lora dynalora-f dynalora-b dynalora-pg dynalora-r dynalora-depth vera dynavera-f bitfit full \
+    --methods lora dynalora-f dynalora-b dynalora-pg dynalora-r dynalora-depth dynalora-d75 dynalora-d50 dynalora-d25 vera dynavera-f bitfit full \
               heterolora-snip heterolora-gn heterolora-dyn heterolora-sc
