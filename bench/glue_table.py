@@ -391,7 +391,7 @@ def table():
     header = (f"| Method | # Active trainable | Seeds | {' | '.join(names)} | Avg. |"
               + (" Avg. w/o RTE |" if 0 < len(no_rte) < len(args.tasks) else ""))
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    best_lines = [header.replace("| # Active trainable | Seeds ", "| Seeds "), "|" + "---|" * (header.count("|") - 3)]
+    best_lines = [header.replace("| # Active trainable | Seeds ", "| Seeds "), "|" + "---|" * (header.count("|") - 2)]
     per_run = ["| Method | Task | Seed | Metric (final) | Best eval | Active trainable | Peak memory (MB) | Wall (s) | Threads |",
                "|---|---|---|---|---|---|---|---|---|"]
     scores = {}

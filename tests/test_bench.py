@@ -109,6 +109,8 @@ def test_glue_table_builds_and_resumes(tmp_path, tiny_model, glue_dir):
                              capture_output=True, text=True, timeout=300)
     assert default.returncode == 0 and (out / "glue_table.md").read_text() == table.read_text()
     assert (ROOT / "bench" / "results" / "glue_table.md").read_bytes() == committed
+    lines = table.read_text().splitlines()  # every table's delimiter row has its header's columns (else none renders)
+    assert all(lines[i - 1].count("|") == line.count("|") for i, line in enumerate(lines) if line.startswith("|---"))
     main = table.read_text().split("Best eval")[0]  # the first table: final values, mean ± std
     rows = {line.split("|")[1].strip(): line for line in main.splitlines() if line.startswith("| ")}
     for label in ("LoRA QV r=8", "DynaLoRA QV/2/3/F"):
