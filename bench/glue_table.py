@@ -394,7 +394,7 @@ def table():
     best_lines = [header.replace("| # Active trainable | Seeds ", "| Seeds "), "|" + "---|" * (header.count("|") - 2)]
     per_run = ["| Method | Task | Seed | Metric (final) | Best eval | Active trainable | Peak memory (MB) | Wall (s) | Threads |",
                "|---|---|---|---|---|---|---|---|---|"]
-    scores = {}
+    scores, walls = {}, []
     for method in args.methods:
         final, best = finals(method)
         scores[method] = final
@@ -405,6 +405,7 @@ def table():
                 if got:
                     r = got[0]
                     params.add(r["active_trainable_params"])
+                    walls.append(r["wall_time_s"])
                     per_run.append(f"| {METHODS[method][0]} | {task} | {seed} | {r['headline_metric']} {r['final']:.1f} | "
                                    f"{got[1]:.1f} | {r['active_trainable_params']:,} | {r['peak_memory_mb']:.0f} | "
                                    f"{r['wall_time_s']:.0f} | {r.get('threads', '?')} |")
@@ -419,6 +420,8 @@ def table():
         best_avg = [average(best, args.tasks)] + ([average(best, no_rte)] if 0 < len(no_rte) < len(args.tasks) else [])
         med += [f"{statistics.median(a.values()):.1f}" if a else "–" for a in best_avg]
         best_lines.append(f"| {METHODS[method][0]} | {s} | {' | '.join(med)} |")
+    per_run.append(f"\nCompute: {len(walls)} runs, {sum(walls) / 3600:.1f} h of wall time summed over runs (each run's "
+                   f"wall_time_s; runs that shared the machine overlap, so the elapsed time is less).")
     return "\n".join(lines), "\n".join(best_lines), "\n".join(per_run), scores
 
 
