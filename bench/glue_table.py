@@ -398,7 +398,7 @@ def table():
     for method in args.methods:
         final, best = finals(method)
         scores[method] = final
-        params, seeds = set(), set()
+        params, seeds = set(), []
         for task in args.tasks:
             for seed in args.seeds:
                 got = load(method, task, seed, None)
@@ -409,12 +409,12 @@ def table():
                     per_run.append(f"| {METHODS[method][0]} | {task} | {seed} | {r['headline_metric']} {r['final']:.1f} | "
                                    f"{got[1]:.1f} | {r['active_trainable_params']:,} | {r['peak_memory_mb']:.0f} | "
                                    f"{r['wall_time_s']:.0f} | {r.get('threads', '?')} |")
-            seeds.add(len(final.get(task, {})))
+            seeds.append(len(final.get(task, {})))
         cells = [cell(list(final.get(t, {}).values())) for t in args.tasks]
         avg = [average(final, args.tasks)] + ([average(final, no_rte)] if 0 < len(no_rte) < len(args.tasks) else [])
         avg_cells = [cell(list(a.values())) if a else "–" for a in avg]
         n = "–" if not params else f"{max(params):,}"
-        s = f"{min(seeds)}" if len(seeds) == 1 else f"{min(seeds)}–{max(seeds)}"
+        s = f"{seeds[0]}" if len(set(seeds)) == 1 else "/".join(map(str, seeds))  # seeds finished, per task if they differ
         lines.append(f"| {METHODS[method][0]} | {n} | {s} | {' | '.join(cells + avg_cells)} |")
         med = [f"{statistics.median(best[t].values()):.1f}" if best.get(t) else "–" for t in args.tasks]
         best_avg = [average(best, args.tasks)] + ([average(best, no_rte)] if 0 < len(no_rte) < len(args.tasks) else [])
@@ -552,8 +552,9 @@ def write_choice(chosen):
     return lines
 
 
-# every row needs its learning rate from the budget: the default of METHODS would be a silent other budget
-if budget is not None and not args.calibrate:
+# every row that trains needs its learning rate from the budget: the default of METHODS would be a silent other
+# budget (--table-only trains nothing: a row without a rate has no runs yet and stays empty)
+if budget is not None and not args.calibrate and not args.table_only:
     lacking = [(kind_of(m), t) for m in args.methods for t in args.tasks
                if kind_of(m) not in budget["tasks"][t].get("lr", {})]
     if lacking:
@@ -590,7 +591,8 @@ else:
     diff, forest = contrasts(scores)
     text = (f"Model: {model_name}; {how}; seeds {args.seeds}; "
             f"DynaLoRA/DynaVeRA: {active} of {2 * args.layers} query+value modules active. Final dev metric "
-            f"(CoLA MCC, STS-B Pearson, others accuracy), x100, mean ± std over the seeds that finished (Seeds column); "
+            f"(CoLA MCC, STS-B Pearson, others accuracy), x100, mean ± std over the seeds that finished (Seeds "
+            f"column: how many, per task in column order where they differ); "
             f"averages over the seeds that finished every task. Active trainable parameters include the head. "
             f"Wall time depends on the threads a run had.\n\n{main}\n\n"
             f"Best eval of each run, median over seeds (the LoRA paper's convention; optimistic: it picks the best "

@@ -228,6 +228,11 @@ def test_glue_table_study_budget_records_and_calibration(tmp_path, tiny_model, g
                              capture_output=True, text=True, timeout=300)
     assert lacking.returncode == 2 and "has no learning rate for vera on rte" in lacking.stderr
     assert not (study / "runs" / "vera").exists()
+    # --table-only trains nothing: a row whose rate is not chosen yet is an empty row of the whole report
+    whole = subprocess.run(base + ["--budget", str(study / "budget.json"), "--methods", "lora", "vera", "--seeds", "0", "1",
+                                   "--table-only"], capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert "| VeRA QV r=1024 | – | 0 | – |" in whole.stdout and "| LoRA QV r=8 | " in whole.stdout
 
 
 TINY_CONFIGS = {

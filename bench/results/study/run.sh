@@ -14,23 +14,32 @@ cd "$(dirname "$0")/../../.." || exit 1
 B=bench/results/study/budget.json
 C=bench/results/calibration/budget.json
 T="cola mrpc stsb"
-python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 --jobs 2 \
+S=bench/results/study/runs/step.md  # each step's own report (not committed); report() rebuilds the whole one
+# the whole report, every row and seed that finished: bench/results/study/glue_table.md and _forest.png
+report() {
+    python bench/glue_table.py --budget $B --seeds 0 1 2 3 4 --table-only \
+        --methods lora dynalora-f dynalora-b dynalora-pg dynalora-r dynalora-depth dynalora-d75 dynalora-d50 dynalora-d25 \
+                  vera dynavera-f bitfit full heterolora-snip heterolora-gn heterolora-dyn heterolora-sc > /dev/null
+}
+python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 --jobs 2 --table $S \
     --methods lora dynalora-f dynalora-r dynalora-b dynalora-depth
-python bench/glue_table.py --budget $B --tasks stsb --seeds 0 1 2 --jobs 2 \
+report
+python bench/glue_table.py --budget $B --tasks stsb --seeds 0 1 2 --jobs 2 --table $S \
     --methods dynalora-d75 dynalora-d50 dynalora-d25
 python bench/tradeoff.py --task stsb
-python bench/glue_table.py --budget $B --tasks mrpc stsb --seeds 0 1 2 --jobs 2 \
+report
+python bench/glue_table.py --budget $B --tasks mrpc stsb --seeds 0 1 2 --jobs 2 --table $S \
     --methods lora heterolora-snip heterolora-gn heterolora-dyn heterolora-sc
-python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 3 4 --jobs 2 \
+report
+python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 3 4 --jobs 2 --table $S \
     --methods lora dynalora-f dynalora-r dynalora-b
-python bench/glue_table.py --budget $B --tasks rte --seeds 0 1 2 3 4 --jobs 2 \
+report
+python bench/glue_table.py --budget $B --tasks rte --seeds 0 1 2 3 4 --jobs 2 --table $S \
     --methods lora dynalora-f dynalora-r dynalora-b
-python bench/glue_table.py --budget $B --tasks rte --seeds 0 1 2 --jobs 2 --methods dynalora-depth
+python bench/glue_table.py --budget $B --tasks rte --seeds 0 1 2 --jobs 2 --table $S --methods dynalora-depth
+report
 python bench/glue_table.py --calibrate --calibrate-method vera --lrs 4e-3 1e-2 2e-2 --budget $C --jobs 2 --choose-into $B
 python bench/glue_table.py --calibrate --calibrate-method bitfit --lrs 1e-3 2e-3 4e-3 --budget $C --jobs 2 --choose-into $B
 python bench/glue_table.py --calibrate --calibrate-method full --lrs 2e-5 5e-5 1e-4 --budget $C --jobs 2 --choose-into $B
-python bench/glue_table.py --budget $B --seeds 0 1 2 --jobs 2 --methods vera dynavera-f bitfit full dynalora-pg
-# the whole table, every row and seed that finished
-python bench/glue_table.py --budget $B --seeds 0 1 2 3 4 --table-only \
-    --methods lora dynalora-f dynalora-b dynalora-pg dynalora-r dynalora-depth dynalora-d75 dynalora-d50 dynalora-d25 vera dynavera-f bitfit full \
-              heterolora-snip heterolora-gn heterolora-dyn heterolora-sc
+python bench/glue_table.py --budget $B --seeds 0 1 2 --jobs 2 --table $S --methods vera dynavera-f bitfit full dynalora-pg
+report
