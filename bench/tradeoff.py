@@ -100,6 +100,7 @@ for row in rows:
                 color="black" if row["method"] == "lora" else "tab:blue")
     ax.annotate(f"{row['method']} (D={row['depth']}, {row['active']})", (row["frac"], row["mean"]), fontsize=7,
                 xytext=(4, 4), textcoords="offset points")
+ax.margins(x=0.25)  # room for the labels of the rows at 1.0
 ax.set_xlabel("training memory / LoRA's (cost model)")
 ax.set_ylabel(f"{args.task} final dev metric (mean ± std over seeds)")
 ax.set_title(f"Depth-aware DynaLoRA on {args.task}: accuracy against memory", fontsize=9)
