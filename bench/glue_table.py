@@ -601,6 +601,7 @@ else:
              f"a constant, Pearson 0):\n\n{plateau(scores)}\n")
     if forest:
         png = os.path.splitext(args.table)[0] + "_forest.png"
+        os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
         forest_plot(forest, png, f"paired differences over seeds ({model_name})", reference=-1.0)
         text += (f"\nPaired differences (same seed = same data order and head init), final dev metric; 95% "
                  f"t-interval over seeds and the paired t-test. Forest plot: {os.path.basename(png)}.\n\n{diff}\n")
