@@ -49,8 +49,10 @@ def describe(args, n_modules=None):
         method = f"Dyna{method} {args['active']}{f' of {n_modules}' if n_modules else ''}"
     elif args.get("threshold") is not None:
         method = f"Dyna{method} threshold {args['threshold']:g}"
-    if args.get("active") is not None or args.get("threshold") is not None:
-        method += f" ({args['importance']}, {args['allocator']})"
+    elif args.get("param_budget") is not None:  # HeteroLoRA's setting: a budget in parameters
+        method = f"Dyna{method} {args['param_budget']:,} params"
+    if any(args.get(k) is not None for k in ("active", "threshold", "param_budget")):
+        method += f" ({args['importance']}, {args['allocator']}{', static' if args.get('schedule') == 'static' else ''})"
     return f"{args['task']}, {method}"
 
 
