@@ -3,6 +3,7 @@ committed records: the floor D at all, 3/4, 2/3, 1/2 and 1/4 of the layers, pair
 
   python bench/tradeoff.py                                   # STS-B, bench/results/study -> tradeoff_stsb.{md,png}
   python bench/tradeoff.py --task mrpc --records DIR
+  python bench/tradeoff.py --seeds 0 1 2                     # only these seeds (default: every seed that finished)
 
 Memory is the cost model each depth-aware run logs at step 0 (metrics.jsonl: saved-for-backward bytes plus
 adapter gradients and AdamW state with the floor at each depth, measured on its first batch), as a fraction
@@ -25,6 +26,8 @@ ROWS = ["lora", "dynalora-f", "dynalora-d75", "dynalora-depth", "dynalora-d50", 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--task", default="stsb", help="GLUE task of the curve")
 p.add_argument("--records", default=os.path.join("bench", "results", "study"), help="the study's record folder")
+p.add_argument("--seeds", type=int, nargs="+", default=None,
+               help="only these seeds, so that every row is over the same ones (default: every seed that finished)")
 p.add_argument("--out", default=None, help="report prefix (default: RECORDS/tradeoff_TASK)")
 args = p.parse_args()
 if not os.path.isdir(args.records):
@@ -38,6 +41,8 @@ def runs(method):
     out, root = {}, os.path.join(args.records, method, args.task)
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         if not (name.startswith("s") and name[1:].isdigit()) or not os.path.exists(os.path.join(root, name, "results.json")):
+            continue
+        if args.seeds is not None and int(name[1:]) not in args.seeds:
             continue
         with open(os.path.join(root, name, "results.json")) as f:
             res = json.load(f)
@@ -75,7 +80,8 @@ for m, r in data.items():
 rows.sort(key=lambda row: (-(row["depth"] or 0), row["method"] != "lora"))
 
 lines = [f"# Depth-aware trade-off on {args.task}: final dev metric against training memory", "",
-         f"Built by `python bench/tradeoff.py --task {args.task}` from the records in {args.records}. Memory: the "
+         f"Built by `python bench/tradeoff.py --task {args.task}"
+         f"{' --seeds ' + ' '.join(map(str, args.seeds)) if args.seeds else ''}` from the records in {args.records}. Memory: the "
          "cost model's saved-for-backward bytes + adapter gradients + AdamW state with the floor at D, as a fraction "
          "of LoRA's (floor at the bottom).", "",
          "| row | floor D (top layers) | active modules | memory / LoRA's | final (mean ± std) | seeds | − LoRA [95% CI] | p |",

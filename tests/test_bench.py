@@ -369,3 +369,12 @@ def test_glue_table_tradeoff_rows_and_curve(tmp_path, glue_dir):
     assert rows["lora"][1:4] == ["4 of 4", "all", "1.000"]
     assert rows["dynalora-d50"][1:4] == ["2 of 4", "4", f"{costs[2]['total'] / costs[4]['total']:.3f}"]
     assert rows["dynalora-d25"][1] == "1 of 4" and float(rows["dynalora-d25"][3]) < float(rows["dynalora-d50"][3]) < 1
+    # --seeds keeps every row on the same seeds: a second LoRA seed is counted without it and left out with it
+    import shutil
+    shutil.copytree(study / "lora" / "stsb" / "s0", study / "lora" / "stsb" / "s1")
+    for extra, n in (([], "2"), (["--seeds", "0"], "1")):
+        proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tradeoff.py"), "--records", str(study), *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        lora_row = next(line for line in (study / "tradeoff_stsb.md").read_text().splitlines() if line.startswith("| lora |"))
+        assert lora_row.split(" | ")[5] == n

@@ -26,7 +26,7 @@ python bench/glue_table.py --budget $B --tasks $T --seeds 0 1 2 --jobs 2 --table
 report
 python bench/glue_table.py --budget $B --tasks stsb --seeds 0 1 2 --jobs 2 --table $S \
     --methods dynalora-d75 dynalora-d50 dynalora-d25
-python bench/tradeoff.py --task stsb
+python bench/tradeoff.py --task stsb --seeds 0 1 2
 report
 python bench/glue_table.py --budget $B --tasks mrpc stsb --seeds 0 1 2 --jobs 2 --table $S \
     --methods lora heterolora-snip heterolora-gn heterolora-dyn heterolora-sc
