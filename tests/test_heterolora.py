@@ -459,3 +459,14 @@ def test_heterolora_bad_input_gives_one_clear_line(tmp_path, tiny_model, glue_di
         proc = run_train(*base, *flags, "--output-dir", tmp_path / str(i), check=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and message in lines[-1], proc.stderr[-500:]
+
+
+def test_figure_titles_name_heterolora_runs_by_their_parameter_budget():
+    import figures
+    base = dict(task="mrpc", method="lora", importance="snip", allocator="topk", active=None, threshold=None)
+    assert figures.describe(base) == "mrpc, LoRA"
+    assert figures.describe({**base, "param_budget": 73728, "schedule": "static"}) == \
+        "mrpc, DynaLoRA 73,728 params (snip, topk, static)"
+    assert figures.describe({**base, "param_budget": 73728, "schedule": "periodic"}) == \
+        "mrpc, DynaLoRA 73,728 params (snip, topk)"
+    assert figures.describe({**base, "active": 8}, n_modules=12) == "mrpc, DynaLoRA 8 of 12 (snip, topk)"
