@@ -40,7 +40,7 @@ def forest_plot(rows, path, title, reference=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.3))
+    fig, ax = plt.subplots(figsize=(11, 0.32 * len(rows) + 1.3))  # wide: the labels take half of it
     for i, (label, d) in enumerate(rows):
         y = len(rows) - 1 - i
         if not math.isnan(d["low"]):
@@ -55,6 +55,6 @@ def forest_plot(rows, path, title, reference=None):
     ax.set_xlabel("paired difference, points (mean and 95% t-interval over seeds)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.subplots_adjust(right=0.72)
+    fig.subplots_adjust(right=0.82)
     fig.savefig(path, dpi=130)
     plt.close(fig)
