@@ -8,7 +8,7 @@
 # 4. RTE, which no calibrated rate learns (kept out of the average): core rows seeds 0-4, depth-aware 0-2;
 # 5. the learning-rate grids of VeRA, BitFit and FT (seed 0), each task's rate chosen into budget.json by
 #    the LoRA calibration's rule (best final dev metric, a tie within 0.5 points to the lower rate); where the
-#    best rate is the grid's top edge, the grid gets one more doubling on those tasks;
+#    chosen rate is the grid's top edge, the grid gets one more doubling on those tasks;
 # 6. the remaining rows at three seeds on all four tasks.
 # no `set -e`: a step with a failed run (its stdout.log says why) does not hold up the steps after it
 cd "$(dirname "$0")/../../.." || exit 1
